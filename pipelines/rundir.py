@@ -1,0 +1,246 @@
+"""The run directory: tables as Parquet datasets, rejects, exports and ``manifest.json``.
+
+A stage produces one Ray dataset whose rows carry ``reject_reason`` (null when kept) and
+``reject_detail``. :meth:`Run.commit` writes it once to a staging folder, splits it into the
+stage's table and ``rejects/<stage>/``, records the funnel ``{in, out, rejected}`` and only then
+renames the table into place, so a crashed stage never leaves a half table behind. A stage whose
+fingerprint (its config and inputs) matches a finished stage in the manifest is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipelines.schema import REJECT_DETAIL, REJECT_REASON, TABLES, dumps, stable_id
+
+_VERSIONED = ["synthrag", "ray", "torch", "transformers", "sentence-transformers", "spacy",
+              "faiss-cpu", "pyarrow", "vllm", "deepspeed"]
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageRecord:
+    name: str
+    fingerprint: str
+    status: str = "running"
+    started: str = field(default_factory=_now)
+    seconds: float = 0.0
+    in_: int = 0
+    out: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "in": self.in_, "out": self.out, "rejected": self.rejected,
+                "status": self.status, "fingerprint": self.fingerprint,
+                "started": self.started, "seconds": round(self.seconds, 3), **self.extra}
+
+
+class Run:
+    """A run directory. Open it with :meth:`open`; every command writes into one."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root = root
+        self.manifest = manifest
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def open(cls, root: str | Path, *, command: str, config: dict) -> "Run":
+        root = Path(root).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "manifest.json"
+        manifest = json.loads(path.read_text()) if path.exists() else {
+            "created": _now(), "stages": []}
+        manifest.update(command=command, config=config, versions=package_versions(),
+                        host=socket.gethostname(), status="running", updated=_now())
+        run = cls(root, manifest)
+        run._save()
+        return run
+
+    def finish(self, status: str = "done") -> None:
+        self.manifest["status"] = status
+        self.manifest["timings"] = {s["name"]: s["seconds"] for s in self.manifest["stages"]}
+        self._save()
+
+    def _save(self) -> None:
+        self.manifest["updated"] = _now()
+        tmp = self.root / "manifest.json.tmp"
+        tmp.write_text(json.dumps(self.manifest, indent=2, default=str))
+        os.replace(tmp, self.root / "manifest.json")
+
+    # ------------------------------------------------------------------ paths
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def has(self, table: str) -> bool:
+        p = self.path(table)
+        return p.is_dir() and any(p.glob("*.parquet"))
+
+    def count(self, table: str) -> int:
+        return pads.dataset(self.path(table), format="parquet").count_rows() if self.has(table) else 0
+
+    def read(self, table: str, *, columns: list[str] | None = None):
+        """A lazy Ray dataset over a table of this run."""
+        import ray.data
+
+        if not self.has(table):
+            raise FileNotFoundError(f"{self.path(table)} has no rows; run the stage that makes it")
+        return ray.data.read_parquet(str(self.path(table)), columns=columns)
+
+    def read_arrow(self, table: str, *, columns: list[str] | None = None) -> pa.Table:
+        """The whole table in this process: only for small tables (examples, lists)."""
+        if not self.has(table):
+            return TABLES[table].empty_table() if table in TABLES else pa.table({})
+        return pads.dataset(self.path(table), format="parquet").to_table(columns=columns)
+
+    # ------------------------------------------------------------------ stages
+    def stage_record(self, name: str) -> dict | None:
+        return next((s for s in self.manifest["stages"] if s["name"] == name), None)
+
+    def is_done(self, name: str, fingerprint: str) -> bool:
+        rec = self.stage_record(name)
+        return bool(rec and rec["status"] == "done" and rec["fingerprint"] == fingerprint)
+
+    def _put_record(self, rec: StageRecord) -> None:
+        stages = [s for s in self.manifest["stages"] if s["name"] != rec.name]
+        stages.append(rec.to_json())
+        self.manifest["stages"] = stages
+        self._save()
+
+    @contextmanager
+    def stage(self, name: str, *fingerprint_parts: Any) -> Iterator[StageRecord | None]:
+        """Run a stage unless an identical one already finished (then yields ``None``)."""
+        fp = stable_id(name, *[dumps(p) for p in fingerprint_parts])
+        if self.is_done(name, fp):
+            print(f"[synthrag] {name}: up to date, skipped")
+            yield None
+            return
+        rec = StageRecord(name=name, fingerprint=fp)
+        self._put_record(rec)
+        t0 = time.perf_counter()
+        try:
+            yield rec
+        except BaseException as e:
+            rec.status = f"failed: {type(e).__name__}: {e}"[:500]
+            rec.seconds = time.perf_counter() - t0
+            self._put_record(rec)
+            raise
+        rec.status = "done"
+        rec.seconds = time.perf_counter() - t0
+        self._put_record(rec)
+        r = ", ".join(f"{k}={v}" for k, v in sorted(rec.rejected.items())) or "none"
+        print(f"[synthrag] {name}: in={rec.in_} out={rec.out} rejected: {r} ({rec.seconds:.1f}s)")
+
+    def commit(self, rec: StageRecord, ds, *, table: str | None, schema: pa.Schema | None = None,
+               in_count: int | None = None) -> None:
+        """Write a stage's output: kept rows to ``table`` (if any), dropped rows to rejects.
+
+        ``ds`` is a Ray dataset (or an Arrow table) whose rows have ``reject_reason``.
+        ``in_count`` defaults to the number of rows in ``ds``; the funnel always adds up because
+        ``in`` is then ``out + rejected``, and a stage that drops rows elsewhere must pass them
+        through ``ds`` as rejects instead.
+        """
+        staging = self.root / ".staging" / rec.name
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if isinstance(ds, pa.Table):
+            pq.write_table(ds, staging / "part-0.parquet")
+        else:
+            ds.write_parquet(str(staging))
+        files = sorted(staging.glob("*.parquet"))
+        staged = pads.dataset(files, format="parquet") if files else None
+        reasons: dict[str, int] = {}
+        total = 0
+        if staged is not None:
+            for batch in staged.to_batches(columns=[REJECT_REASON]):
+                total += batch.num_rows
+                col = batch.column(0)
+                for item in pc.value_counts(col.filter(pc.is_valid(col))).to_pylist():
+                    reasons[item["values"]] = reasons.get(item["values"], 0) + item["counts"]
+        rejected_n = sum(reasons.values())
+        if table is not None:
+            self._write_split(staged, self.path(table), schema, keep=True)
+        if rejected_n:
+            self._write_split(staged, self.path("rejects") / rec.name, None, keep=False)
+        else:
+            shutil.rmtree(self.path("rejects") / rec.name, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        rec.out = total - rejected_n
+        rec.rejected = dict(sorted(reasons.items()))
+        rec.in_ = rec.out + rejected_n if in_count is None else in_count
+        if rec.in_ != rec.out + rejected_n:
+            raise AssertionError(f"{rec.name}: funnel does not add up ({rec.in_} in, "
+                                 f"{rec.out} out, {rejected_n} rejected)")
+
+    def _write_split(self, staged, dest: Path, schema: pa.Schema | None, *, keep: bool) -> None:
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        cond = pc.field(REJECT_REASON).is_null() if keep else pc.field(REJECT_REASON).is_valid()
+        if staged is None:
+            if schema is not None:
+                pq.write_table(schema.empty_table(), tmp / "part-00000.parquet")
+        else:
+            cols = schema.names if (keep and schema is not None) else None
+            scanner = staged.scanner(filter=cond, columns=cols)
+            out_schema = schema if (keep and schema is not None) else scanner.projected_schema
+            pads.write_dataset(scanner, tmp, format="parquet", schema=out_schema,
+                               basename_template="part-{i:05d}.parquet",
+                               max_rows_per_file=200_000, existing_data_behavior="overwrite_or_ignore")
+            if not any(tmp.glob("*.parquet")):
+                pq.write_table(out_schema.empty_table(), tmp / "part-00000.parquet")
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+
+    # ------------------------------------------------------------------ exports
+    def export_jsonl(self, table: str, name: str) -> Path:
+        """Write a table as JSON lines under ``exports/`` (streamed batch by batch)."""
+        out = self.path("exports") / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            if self.has(table):
+                for batch in pads.dataset(self.path(table), format="parquet").to_batches():
+                    for row in batch.to_pylist():
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+        return out
+
+
+def reject(reason: str, detail: Any = None) -> dict:
+    """The two columns a dropped row carries."""
+    if detail is not None and not isinstance(detail, str):
+        detail = dumps(detail)
+    return {REJECT_REASON: reason, REJECT_DETAIL: detail}
+
+
+KEEP = {REJECT_REASON: None, REJECT_DETAIL: None}
