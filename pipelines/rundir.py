@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.schema import REJECT_DETAIL, REJECT_REASON, TABLES, dumps, stable_id
+from pipelines.schema import REJECT_DETAIL, REJECT_REASON, TABLES, dumps, stable_id, validate
 
 _VERSIONED = ["synthrag", "ray", "torch", "transformers", "sentence-transformers", "spacy",
               "faiss-cpu", "pyarrow", "vllm", "deepspeed"]
@@ -112,7 +112,9 @@ class Run:
         import ray.data
 
         if not self.has(table):
-            raise FileNotFoundError(f"{self.path(table)} has no rows; run the stage that makes it")
+            if self.path(table).is_dir():  # committed, but every row was rejected upstream
+                return ray.data.from_items([])
+            raise FileNotFoundError(f"{self.path(table)} does not exist; run the stage that makes it")
         return ray.data.read_parquet(str(self.path(table)), columns=columns)
 
     def read_arrow(self, table: str, *, columns: list[str] | None = None) -> pa.Table:
@@ -207,16 +209,24 @@ class Run:
         cond = pc.field(REJECT_REASON).is_null() if keep else pc.field(REJECT_REASON).is_valid()
         if staged is None:
             if schema is not None:
-                pq.write_table(schema.empty_table(), tmp / "part-00000.parquet")
-        else:
+                pq.write_table(schema.empty_table(), tmp / "part-0.parquet")
+        else:  # (a schema-less table with no rows stays an empty folder: see read())
             cols = schema.names if (keep and schema is not None) else None
             scanner = staged.scanner(filter=cond, columns=cols)
             out_schema = schema if (keep and schema is not None) else scanner.projected_schema
-            pads.write_dataset(scanner, tmp, format="parquet", schema=out_schema,
-                               basename_template="part-{i:05d}.parquet",
-                               max_rows_per_file=200_000, existing_data_behavior="overwrite_or_ignore")
+
+            def batches():
+                for b in scanner.to_batches():
+                    t = pa.Table.from_batches([b]).cast(out_schema)
+                    validate(t, out_schema)  # a kept row must satisfy the table's schema
+                    yield from t.to_batches()
+
+            pads.write_dataset(batches(), tmp, format="parquet", schema=out_schema,
+                               basename_template="part-{i}.parquet",
+                               max_rows_per_file=200_000, max_rows_per_group=50_000,
+                               existing_data_behavior="overwrite_or_ignore")
             if not any(tmp.glob("*.parquet")):
-                pq.write_table(out_schema.empty_table(), tmp / "part-00000.parquet")
+                pq.write_table(out_schema.empty_table(), tmp / "part-0.parquet")
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 
 CITATION = pa.struct([("chunk_id", pa.string()), ("sentence_id", pa.string())])
+SPAN = pa.struct([("start", pa.int32()), ("end", pa.int32())])
 CLUE = pa.struct(
     [("clue_id", pa.string()), ("text", pa.string()), ("sentence_ids", pa.list_(pa.string()))]
 )
@@ -44,6 +45,7 @@ CHUNKS = pa.schema(
         pa.field("char_start", pa.int64(), nullable=False),
         pa.field("char_end", pa.int64(), nullable=False),
         pa.field("sentences", pa.list_(pa.string()), nullable=False),  # sentence_ids, in order
+        pa.field("sentence_spans", pa.list_(SPAN), nullable=False),  # their offsets in `text`
     ]
 )
 
@@ -106,6 +108,13 @@ TABLES: dict[str, pa.Schema] = {
 # Every stage may drop rows; a dropped row carries these two columns into rejects/<stage>/.
 REJECT_REASON = "reject_reason"
 REJECT_DETAIL = "reject_detail"
+
+
+def staging(schema: pa.Schema, *extra: pa.Field) -> pa.Schema:
+    """A stage's output schema: ``schema``'s columns (all nullable, since a rejected row may
+    lack them) plus ``extra`` and the two reject columns."""
+    return pa.schema([f.with_nullable(True) for f in schema] + list(extra) +
+                     [pa.field(REJECT_REASON, pa.string()), pa.field(REJECT_DETAIL, pa.string())])
 
 
 class SchemaError(ValueError):

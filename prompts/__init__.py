@@ -1,0 +1,87 @@
+"""Prompt templates as files: ``prompts/<method>/<name>.yaml``.
+
+Each file holds::
+
+    id: ragsynth/clues@1          # name@version, recorded as lineage on every produced row
+    system: ...                   # optional system message
+    user: |                       # Jinja2 template over the row's columns
+      ...
+    response_prefix: '{"clues": [' # optional: the reply is forced to start with this
+    schema: {...}                 # JSON Schema of the reply (guided decoding + validation)
+    sampling: {temperature: 0.2, max_tokens: 256}
+
+:func:`load` returns a :class:`Prompt`; rendering is strict (an unknown variable is an error).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jsonschema
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+ROOT = Path(__file__).resolve().parent
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+                          trim_blocks=True, lstrip_blocks=True)
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, le=32768)
+
+
+class Prompt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    description: str = ""
+    system: str | None = None
+    user: str
+    response_prefix: str = ""
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    sampling: Sampling = Sampling()
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        return self.schema_
+
+    def messages(self, variables: dict[str, Any]) -> list[dict[str, str]]:
+        msgs = []
+        if self.system:
+            msgs.append({"role": "system", "content": _ENV.from_string(self.system).render(**variables).strip()})
+        msgs.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables).strip()})
+        return msgs
+
+    def validate_reply(self, obj: Any) -> None:
+        """Raise ``jsonschema.ValidationError`` if ``obj`` does not follow the schema."""
+        if self.schema_ is not None:
+            jsonschema.validate(obj, self.schema_)
+
+
+@lru_cache(maxsize=None)
+def _load_file(path: str) -> Prompt:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    prompt = Prompt.model_validate(data)
+    if prompt.schema_ is not None:
+        jsonschema.Draft202012Validator.check_schema(prompt.schema_)
+    return prompt
+
+
+def load(name: str, *, search: list[str | Path] | None = None) -> Prompt:
+    """Load ``method/name`` (or a path to a .yaml file). ``search`` lists extra folders that
+    override the packaged prompts, so users can replace a prompt without forking."""
+    candidates = []
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        candidates.append(p)
+    for folder in [*(search or []), ROOT]:
+        candidates.append(Path(folder) / f"{name}.yaml")
+    for c in candidates:
+        if c.is_file():
+            return _load_file(str(c.resolve()))
+    raise FileNotFoundError(f"prompt {name!r} not found (looked in {[str(c) for c in candidates]})")

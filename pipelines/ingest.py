@@ -1,0 +1,581 @@
+"""Ingest on Ray Data: read → clean → sentence-split and chunk → deduplicate → sentences.
+
+Stages and the tables they write (each with its funnel in the manifest):
+
+``read``       files → ``documents``. A file or folder of .txt, .md, .html, .jsonl, .parquet. Big
+               text files are read in byte shards aligned to lines (bounded memory), jsonl/parquet
+               per line/row group. Empty, binary, undecodable or malformed inputs are rejects.
+``chunk``      documents → ``chunks_raw``. spaCy splits sentences; chunks are groups of whole
+               sentences up to ``chunk_tokens`` tokens with ``overlap_tokens`` of overlap.
+``dedupe``     chunks_raw → ``chunks``. Exact duplicates after normalising whitespace, case and
+               punctuation, then chunks whose normalised word sequence is contained in another
+               chunk (Tamber et al. 3.2.2), found by winnowing fingerprints + a shuffle, never by
+               comparing all pairs.
+``sentences``  chunks → ``sentences`` (a flat view: id, chunk, document, text, offsets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html as htmllib
+import json
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.rundir import Run
+from pipelines.schema import CHUNKS, DOCUMENTS, REJECT_DETAIL, REJECT_REASON, SENTENCES, dumps, staging
+
+TEXT_TYPES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html",
+              ".htm": "html", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+class IngestConfig(BaseModel):
+    """Ingest settings (``ingest:`` in the run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id_field: str = "_id"  # jsonl/parquet fields; the defaults read a BEIR corpus.jsonl as is
+    title_field: str = "title"
+    text_field: str = "text"
+    chunk_tokens: int = Field(200, ge=16)
+    overlap_tokens: int = Field(32, ge=0)
+    tokenizer: str = "embedded"  # a tokenizer directory; embedded = the packaged MiniLM's
+    min_chunk_words: int = Field(8, ge=1)  # shorter chunks are rejects (too little to ask about)
+    shard_bytes: int = Field(4 << 20, ge=1 << 16)  # text/jsonl files are read in shards this big
+    dedupe: bool = True
+    shingle_words: int = Field(5, ge=2)
+    winnow_window: int = Field(4, ge=1)
+    max_candidates_per_fingerprint: int = 200
+    chunker_concurrency: tuple[int, int] = (1, 2)
+    limit_files: int | None = None
+
+
+# ----------------------------------------------------------------------------- discover + read
+def discover(path: str | Path, cfg: IngestConfig) -> list[dict]:
+    """List the read tasks: byte shards of text files, row groups of parquet, one per other file.
+
+    Runs in the driver over file metadata only (sizes, parquet footers), never file contents.
+    """
+    root = Path(path).expanduser().resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"corpus path {root} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    if cfg.limit_files:
+        files = files[: cfg.limit_files]
+    base = root.parent if root.is_file() else root
+    tasks = []
+    for f in files:
+        rel = f.relative_to(base).as_posix()
+        kind = TEXT_TYPES.get(f.suffix.lower(), "unsupported")
+        size = f.stat().st_size
+        common = {"path": str(f), "rel": rel, "kind": kind, "size": size}
+        if kind == "parquet":
+            try:
+                groups = pq.ParquetFile(f).num_row_groups
+            except Exception as e:
+                tasks.append({**common, "part": 0, "parts": 1, "start": 0, "end": size,
+                              "error": f"unreadable parquet: {e}"})
+                continue
+            tasks += [{**common, "part": i, "parts": groups, "start": i, "end": i + 1} for i in range(groups)]
+        elif kind in ("text", "markdown", "jsonl") and size > cfg.shard_bytes:
+            n = -(-size // cfg.shard_bytes)
+            tasks += [{**common, "part": i, "parts": n, "start": i * cfg.shard_bytes,
+                       "end": min(size, (i + 1) * cfg.shard_bytes)} for i in range(n)]
+        else:
+            tasks.append({**common, "part": 0, "parts": 1, "start": 0, "end": size})
+    return tasks
+
+
+def read_byte_range(path: str, start: int, end: int) -> bytes:
+    """Bytes of the lines that *begin* in [start, end): a line straddling a boundary belongs to
+    the shard where it starts, so shards tile the file exactly."""
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # finish the line owned by the previous shard
+        pos = f.tell()
+        if pos >= end and start > 0:
+            return b""
+        data = f.read(max(0, end - pos))
+        if end < Path(path).stat().st_size and not data.endswith(b"\n"):
+            data += f.readline()
+        return data
+
+
+def looks_binary(data: bytes) -> bool:
+    sample = data[:8192]
+    if b"\x00" in sample:
+        return True
+    ctrl = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    return len(sample) > 0 and ctrl / len(sample) > 0.1
+
+
+def decode(data: bytes) -> tuple[str, str]:
+    """Text and the encoding used: UTF-8 first, then charset detection, then Latin-1 (which
+    decodes any byte string), so a Latin-1 file is decoded rather than lost."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data[:65536]).best()
+    for enc in ([best.encoding] if best else []) + ["cp1252", "latin-1"]:
+        try:
+            return data.decode(enc), enc
+        except (UnicodeDecodeError, LookupError):
+            continue
+    return data.decode("latin-1", errors="replace"), "latin-1"
+
+
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_BLANKS = re.compile(r"\n\s*\n\s*(\n\s*)+")
+
+
+def clean_text(text: str) -> str:
+    """Unicode NFC, no control characters, single spaces, at most one blank line in a row."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _CTRL.sub(" ", text)
+    text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANKS.sub("\n\n", text).strip()
+
+
+def html_to_text(raw: str) -> tuple[str, str | None]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(raw, "html.parser")
+    title = soup.title.get_text(" ", strip=True) if soup.title else None
+    for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template", "svg"]):
+        tag.decompose()
+    blocks = ["p", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "br", "section",
+              "article", "blockquote", "pre", "table", "ul", "ol", "dd", "dt"]
+    for tag in soup.find_all(blocks):
+        tag.insert_before("\n\n")
+    return htmllib.unescape(soup.get_text(" ")), title
+
+
+def _md_title(text: str) -> str | None:
+    for line in text.split("\n", 50)[:50]:
+        if line.startswith("# "):
+            return line[2:].strip()
+    return None
+
+
+def _doc(doc_id: str, source: str, title: str | None, text: str, meta: dict) -> dict:
+    return {"doc_id": doc_id, "source": source, "title": title, "text": text, "meta": dumps(meta),
+            REJECT_REASON: None, REJECT_DETAIL: None}
+
+
+def _rej(task: dict, reason: str, detail: Any, *, doc_id: str | None = None) -> dict:
+    return {"doc_id": doc_id or task["rel"], "source": task["rel"], "title": None, "text": None,
+            "meta": dumps({"part": task["part"]}), REJECT_REASON: reason,
+            REJECT_DETAIL: detail if isinstance(detail, str) else dumps(detail)}
+
+
+def read_task(task: dict, cfg: IngestConfig) -> Iterator[dict]:
+    """Documents (or rejects) from one read task. Never raises on bad input."""
+    rel, kind = task["rel"], task["kind"]
+    if task.get("error"):
+        yield _rej(task, "unreadable_file", task["error"])
+        return
+    if kind == "unsupported":
+        yield _rej(task, "unsupported_file_type", f"extension {Path(rel).suffix or '(none)'} is not one of "
+                   f"{sorted(TEXT_TYPES)}")
+        return
+    if task["size"] == 0:
+        yield _rej(task, "empty_file", "file has 0 bytes")
+        return
+    if kind == "parquet":
+        yield from _read_parquet(task, cfg)
+        return
+    try:
+        data = read_byte_range(task["path"], task["start"], task["end"])
+    except OSError as e:
+        yield _rej(task, "unreadable_file", str(e))
+        return
+    if task["part"] == 0 and looks_binary(data):
+        yield _rej(task, "binary_file", "NUL or control bytes in the first 8 KiB; not a text file")
+        return
+    if kind == "jsonl":
+        yield from _read_jsonl(task, data, cfg)
+        return
+    text, enc = decode(data)
+    title = None
+    if kind == "html":
+        text, title = html_to_text(text)
+    text = clean_text(text)
+    if kind == "markdown":
+        title = _md_title(text)
+    title = title or Path(rel).stem
+    doc_id = rel if task["parts"] == 1 else f"{rel}#p{task['part']}"
+    if not text:
+        yield _rej(task, "empty_file" if task["parts"] == 1 else "empty_text", "no text after cleaning",
+                   doc_id=doc_id)
+        return
+    yield _doc(doc_id, rel, title, text, {"encoding": enc, "part": task["part"], "parts": task["parts"],
+                                          "type": kind})
+
+
+def _record_doc(task: dict, rec: Any, where: str, cfg: IngestConfig) -> dict:
+    if not isinstance(rec, dict):
+        return _rej(task, "malformed_record", f"{where}: expected a JSON object, got {type(rec).__name__}",
+                    doc_id=f"{task['rel']}:{where}")
+    text = rec.get(cfg.text_field)
+    rid = rec.get(cfg.id_field, rec.get("id"))
+    doc_id = str(rid) if rid not in (None, "") else f"{task['rel']}:{where}"
+    if not isinstance(text, str):
+        return _rej(task, "missing_text_field", f"{where}: no string field {cfg.text_field!r}", doc_id=doc_id)
+    title = rec.get(cfg.title_field)
+    text = clean_text(text)
+    if not text:
+        return _rej(task, "empty_text", f"{where}: field {cfg.text_field!r} is empty", doc_id=doc_id)
+    meta = {k: v for k, v in rec.items() if k not in (cfg.text_field, cfg.title_field, cfg.id_field)}
+    return _doc(doc_id, task["rel"], str(title) if title else None, text, {"record": where, **meta})
+
+
+def _read_jsonl(task: dict, data: bytes, cfg: IngestConfig) -> Iterator[dict]:
+    text, _ = decode(data)
+    # Line numbers are exact for unsharded files; a shard numbers from its own start.
+    prefix = "" if task["parts"] == 1 else f"p{task['part']}."
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield _rej(task, "malformed_json", f"line {prefix}{i}: {e.msg}: {line[:200]!r}",
+                       doc_id=f"{task['rel']}:{prefix}{i}")
+            continue
+        yield _record_doc(task, rec, f"line {prefix}{i}", cfg)
+
+
+def _read_parquet(task: dict, cfg: IngestConfig) -> Iterator[dict]:
+    try:
+        table = pq.ParquetFile(task["path"]).read_row_group(task["part"])
+    except Exception as e:
+        yield _rej(task, "unreadable_file", f"row group {task['part']}: {e}")
+        return
+    for i, rec in enumerate(table.to_pylist()):
+        yield _record_doc(task, rec, f"rg{task['part']}.row{i}", cfg)
+
+
+DOC_STAGING = staging(DOCUMENTS)
+
+
+def _read_batch(batch: pa.Table, cfg: dict) -> pa.Table:
+    c = IngestConfig.model_validate(cfg)
+    rows = [d for task in batch.to_pylist() for d in read_task(task, c)]
+    return pa.Table.from_pylist(rows, schema=DOC_STAGING)
+
+
+def read_documents(tasks: list[dict], cfg: IngestConfig):
+    import ray.data
+
+    ds = ray.data.from_items(tasks, override_num_blocks=max(1, min(len(tasks), 200)))
+    return ds.map_batches(_read_batch, fn_kwargs={"cfg": cfg.model_dump()}, batch_size=1,
+                          batch_format="pyarrow")
+
+
+# ----------------------------------------------------------------------------- chunking
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation and whitespace folded to single spaces (dedupe's notion of text)."""
+    return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+CHUNKS_RAW = staging(CHUNKS, pa.field("norm", pa.string()))
+
+
+class Chunker:
+    """Callable class for an actor pool: documents in, sentence-aligned token chunks out."""
+
+    def __init__(self, cfg: dict):
+        import torch
+        from transformers import AutoTokenizer
+
+        from actors.models import load_spacy, resolve_model
+
+        torch.set_num_threads(1)
+        self.cfg = IngestConfig.model_validate(cfg)
+        self.nlp = load_spacy(sentences_only=True)
+        self.nlp.max_length = 2_000_000
+        self.tok = AutoTokenizer.from_pretrained(resolve_model(self.cfg.tokenizer, "embedder"))
+
+    def sentences(self, text: str) -> list[tuple[int, int]]:
+        """Sentence spans (start, end) in ``text``; paragraphs (blank lines) always break."""
+        paras, pos = [], 0
+        for m in re.finditer(r"\n\s*\n", text):
+            paras.append((pos, m.start()))
+            pos = m.end()
+        paras.append((pos, len(text)))
+        paras = [(a, b) for a, b in paras if text[a:b].strip()]
+        spans = []
+        pieces = []  # spaCy has a length limit and is slow on giant paragraphs: cut at 100k chars
+        for a, b in paras:
+            while b - a > 100_000:
+                cut = text.rfind(" ", a, a + 100_000)
+                cut = cut if cut > a else a + 100_000
+                pieces.append((a, cut))
+                a = cut
+            pieces.append((a, b))
+        for (a, _), doc in zip(pieces, self.nlp.pipe((text[a:b] for a, b in pieces), batch_size=64)):
+            for s in doc.sents:
+                st, en = a + s.start_char, a + s.end_char
+                while st < en and text[st].isspace():
+                    st += 1
+                while en > st and text[en - 1].isspace():
+                    en -= 1
+                if en > st:
+                    spans.append((st, en))
+        return spans
+
+    def _split_long(self, text: str, span: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
+        """A sentence longer than a chunk is cut at word boundaries into roughly equal parts."""
+        a, b = span
+        parts = -(-n_tokens // self.cfg.chunk_tokens)
+        words = [m.span() for m in re.finditer(r"\S+", text[a:b])]
+        per = -(-len(words) // parts)
+        return [(a + words[i][0], a + words[min(i + per, len(words)) - 1][1]) for i in range(0, len(words), per)]
+
+    def chunk(self, doc: dict) -> list[dict]:
+        text, cfg = doc["text"], self.cfg
+        spans = self.sentences(text)
+        if not spans:
+            return []
+        counts = [len(x) for x in self.tok([text[a:b] for a, b in spans], add_special_tokens=False)["input_ids"]]
+        sp, ct = [], []
+        for s, c in zip(spans, counts):
+            if c > cfg.chunk_tokens:
+                for piece in self._split_long(text, s, c):
+                    sp.append(piece)
+                    ct.append(len(self.tok(text[piece[0]:piece[1]], add_special_tokens=False)["input_ids"]))
+            else:
+                sp.append(s)
+                ct.append(c)
+        out, i, k = [], 0, 0
+        while i < len(sp):
+            j, total = i, 0
+            while j < len(sp) and (j == i or total + ct[j] <= cfg.chunk_tokens):
+                total += ct[j]
+                j += 1
+            out.append(self._row(doc, k, sp[i:j], total))
+            k += 1
+            if j >= len(sp):
+                break
+            # next chunk starts with the tail sentences that fit in the overlap, but always moves on
+            back, ov = j, 0
+            while back - 1 > i and ov + ct[back - 1] <= cfg.overlap_tokens:
+                back -= 1
+                ov += ct[back]
+            i = back
+        return out
+
+    def _row(self, doc: dict, k: int, spans: list[tuple[int, int]], tokens: int) -> dict:
+        text = doc["text"]
+        start, end = spans[0][0], spans[-1][1]
+        chunk_id = f"{doc['doc_id']}#c{k}"
+        body = text[start:end]
+        norm = normalise(body)
+        row = {"chunk_id": chunk_id, "doc_id": doc["doc_id"], "title": doc["title"], "text": body,
+               "token_count": tokens, "char_start": start, "char_end": end,
+               "sentences": [f"{chunk_id}:s{i}" for i in range(len(spans))],
+               "sentence_spans": [{"start": a - start, "end": b - start} for a, b in spans],
+               "norm": norm, REJECT_REASON: None, REJECT_DETAIL: None}
+        if len(norm.split()) < self.cfg.min_chunk_words:
+            row[REJECT_REASON] = "too_short"
+            row[REJECT_DETAIL] = f"{len(norm.split())} words < min_chunk_words={self.cfg.min_chunk_words}"
+        return row
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [c for doc in batch.to_pylist() for c in self.chunk(doc)]
+        return pa.Table.from_pylist(rows, schema=CHUNKS_RAW)
+
+
+def chunk_documents(docs, cfg: IngestConfig):
+    import ray.data
+
+    lo, hi = cfg.chunker_concurrency
+    return docs.map_batches(Chunker, fn_constructor_kwargs={"cfg": cfg.model_dump()}, batch_size=16,
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
+                            num_cpus=1)
+
+
+# ----------------------------------------------------------------------------- dedupe
+def _h64(s: str) -> int:
+    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def winnow(words: list[str], n: int, w: int) -> set[int]:
+    """Winnowing fingerprints (Schleimer et al. 2003) of word n-gram hashes.
+
+    If a word sequence A occurs contiguously in B (and A has at least ``n + w - 1`` words), every
+    fingerprint of A is also one of B's, because each window of A is a window of B and both pick
+    the same minimum. That makes containment findable through shared fingerprints.
+    """
+    if len(words) < n:
+        return {_h64(" ".join(words))}
+    hashes = [_h64(" ".join(words[i:i + n])) for i in range(len(words) - n + 1)]
+    if len(hashes) <= w:
+        return {min(hashes)}
+    arr = np.array(hashes, dtype=np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(arr, w)
+    return set(windows.min(axis=1).tolist())
+
+
+def _fingerprint_rows(batch: pa.Table, n: int, w: int) -> pa.Table:
+    fps, ids, lens, anchor = [], [], [], []
+    for cid, norm in zip(batch.column("chunk_id").to_pylist(), batch.column("norm").to_pylist()):
+        words = norm.split()
+        prints = sorted(winnow(words, n, w))
+        for j, fp in enumerate(prints):
+            fps.append(fp)
+            ids.append(cid)
+            lens.append(len(words))
+            anchor.append(j == 0)  # A's smallest fingerprint: any container of A must have it
+    return pa.table({"fp": pa.array(fps, pa.int64()), "chunk_id": pa.array(ids, pa.string()),
+                     "nwords": pa.array(lens, pa.int32()), "anchor": pa.array(anchor, pa.bool_())})
+
+
+def _candidate_pairs(group: pa.Table, cap: int) -> pa.Table:
+    rows = group.to_pylist()
+    anchors = [r for r in rows if r["anchor"]]
+    a_ids, b_ids = [], []
+    if anchors and len(rows) > 1:
+        bigger = sorted(rows, key=lambda r: -r["nwords"])
+        for a in anchors:
+            found = 0
+            for b in bigger:
+                if b["nwords"] <= a["nwords"] or found >= cap:
+                    break
+                a_ids.append(a["chunk_id"])
+                b_ids.append(b["chunk_id"])
+                found += 1
+    return pa.table({"a": pa.array(a_ids, pa.string()), "b": pa.array(b_ids, pa.string())})
+
+
+def _first_of_group(group: pa.Table) -> pa.Table:
+    ids = sorted(group.column("chunk_id").to_pylist())
+    return pa.table({"chunk_id": pa.array(ids[1:], pa.string()),
+                     "kept": pa.array([ids[0]] * (len(ids) - 1), pa.string())})
+
+
+def _contained(batch: pa.Table) -> pa.Table:
+    keep = [f" {a} " in f" {b} " for a, b in zip(batch.column("norm_a").to_pylist(),
+                                                  batch.column("norm_b").to_pylist())]
+    return batch.filter(pa.array(keep, pa.bool_())).select(["a", "b"])
+
+
+def find_duplicates(chunks, cfg: IngestConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Return (exact duplicates: chunk → kept twin, contained: chunk → a chunk containing it).
+
+    Everything is a shuffle over small columns (ids, hashes, fingerprints); only the final
+    duplicate maps come back to the driver.
+    """
+    keyed = chunks.select_columns(["chunk_id", "norm"]).map_batches(
+        lambda b: b.append_column("h", pa.array([_h64(x) for x in b.column("norm").to_pylist()], pa.int64())),
+        batch_format="pyarrow")
+    exact_rows = (keyed.select_columns(["chunk_id", "h"]).groupby("h")
+                  .map_groups(_first_of_group, batch_format="pyarrow").take_all())
+    exact = {r["chunk_id"]: r["kept"] for r in exact_rows}
+    exact_ref = exact  # captured by value in the filter below
+    unique = keyed.filter(lambda r: r["chunk_id"] not in exact_ref)
+    n_parts = 4
+    prints = unique.map_batches(_fingerprint_rows, fn_kwargs={"n": cfg.shingle_words, "w": cfg.winnow_window},
+                                batch_format="pyarrow")
+    cands = prints.groupby("fp").map_groups(_candidate_pairs, fn_kwargs={"cap": cfg.max_candidates_per_fingerprint},
+                                            batch_format="pyarrow")
+    texts = unique.select_columns(["chunk_id", "norm"])
+    with_a = cands.join(texts.rename_columns({"chunk_id": "a", "norm": "norm_a"}), "inner", n_parts, on=("a",))
+    with_b = with_a.join(texts.rename_columns({"chunk_id": "b", "norm": "norm_b"}), "inner", n_parts, on=("b",))
+    contained_rows = with_b.map_batches(_contained, batch_format="pyarrow").take_all()
+    contained: dict[str, str] = {}
+    for r in sorted(contained_rows, key=lambda r: (r["a"], r["b"])):
+        contained.setdefault(r["a"], r["b"])
+    return exact, contained
+
+
+def _mark(batch: pa.Table, exact: dict, contained: dict) -> pa.Table:
+    reasons, details = [], []
+    for cid in batch.column("chunk_id").to_pylist():
+        if cid in exact:
+            reasons.append("exact_duplicate")
+            details.append(dumps({"duplicate_of": exact[cid]}))
+        elif cid in contained:
+            reasons.append("contained_in_other_chunk")
+            details.append(dumps({"contained_in": contained[cid]}))
+        else:
+            reasons.append(None)
+            details.append(None)
+    batch = batch.drop_columns([c for c in (REJECT_REASON, REJECT_DETAIL) if c in batch.column_names])
+    return batch.append_column(REJECT_REASON, pa.array(reasons, pa.string())).append_column(
+        REJECT_DETAIL, pa.array(details, pa.string()))
+
+
+def dedupe_chunks(chunks, cfg: IngestConfig):
+    exact, contained = find_duplicates(chunks, cfg) if cfg.dedupe else ({}, {})
+    return chunks.map_batches(_mark, fn_kwargs={"exact": exact, "contained": contained},
+                              batch_format="pyarrow")
+
+
+# ----------------------------------------------------------------------------- sentences
+def _flatten_sentences(batch: pa.Table) -> pa.Table:
+    out = {k: [] for k in SENTENCES.names}
+    for r in batch.select(["chunk_id", "doc_id", "text", "char_start", "sentences", "sentence_spans"]).to_pylist():
+        for sid, span in zip(r["sentences"], r["sentence_spans"]):
+            out["sentence_id"].append(sid)
+            out["chunk_id"].append(r["chunk_id"])
+            out["doc_id"].append(r["doc_id"])
+            out["text"].append(r["text"][span["start"]:span["end"]])
+            out["char_start"].append(r["char_start"] + span["start"])
+            out["char_end"].append(r["char_start"] + span["end"])
+    t = pa.table(out, schema=SENTENCES)
+    return t.append_column(REJECT_REASON, pa.nulls(len(t), pa.string())).append_column(
+        REJECT_DETAIL, pa.nulls(len(t), pa.string()))
+
+
+# ----------------------------------------------------------------------------- the ingest pipeline
+def ingest(run: Run, corpus: str | Path, cfg: IngestConfig) -> None:
+    """Read, chunk, dedupe and split a corpus into ``run``'s documents/chunks/sentences tables."""
+    corpus = str(Path(corpus).expanduser().resolve())
+    cfgd = cfg.model_dump()
+    tasks = discover(corpus, cfg)
+    listing = stable_listing(tasks)
+    with run.stage("read", corpus, listing, cfgd) as rec:
+        if rec is not None:
+            run.commit(rec, read_documents(tasks, cfg), table="documents", schema=DOCUMENTS)
+            rec.extra["files"] = len({t["path"] for t in tasks})
+    docs_fp = run.stage_record("read")["fingerprint"]
+    chunk_cfg = {k: cfgd[k] for k in ("chunk_tokens", "overlap_tokens", "tokenizer", "min_chunk_words")}
+    with run.stage("chunk", docs_fp, chunk_cfg) as rec:
+        if rec is not None:
+            ds = chunk_documents(run.read("documents"), cfg)
+            run.commit(rec, ds, table="chunks_raw", schema=pa.schema(list(CHUNKS) + [pa.field("norm", pa.string())]))
+    chunk_fp = run.stage_record("chunk")["fingerprint"]
+    dd_cfg = {k: cfgd[k] for k in ("dedupe", "shingle_words", "winnow_window", "max_candidates_per_fingerprint")}
+    with run.stage("dedupe", chunk_fp, dd_cfg) as rec:
+        if rec is not None:
+            chunks = run.read("chunks_raw")
+            run.commit(rec, dedupe_chunks(chunks, cfg), table="chunks", schema=CHUNKS)
+    with run.stage("sentences", run.stage_record("dedupe")["fingerprint"]) as rec:
+        if rec is not None:
+            ds = run.read("chunks", columns=["chunk_id", "doc_id", "text", "char_start", "sentences", "sentence_spans"])
+            run.commit(rec, ds.map_batches(_flatten_sentences, batch_format="pyarrow"), table="sentences",
+                       schema=SENTENCES)
+
+
+def stable_listing(tasks: list[dict]) -> str:
+    """A fingerprint of the corpus listing (paths, sizes, shards), so a changed corpus reruns."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tasks:
+        h.update(f"{t['rel']}|{t['size']}|{t['part']}|{t['start']}|{t['end']}\n".encode())
+    return h.hexdigest()
