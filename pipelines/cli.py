@@ -10,6 +10,7 @@ from pipelines.cli_app import app
 # Command modules register themselves on the apps in cli_app when imported.
 COMMAND_MODULES = [
     "pipelines.cli_data",
+    "pipelines.cli_ops",
 ]
 
 
