@@ -123,9 +123,10 @@ class TransformersEngine:
             return None
         import xgrammar as xgr
 
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps(schema)  # property order matters: the grammar emits them in this order
         if key not in self._grammars:
-            self._grammars[key] = self._compiler.compile_json_schema(key)
+            # compact JSON: left free, small models fill the reply with whitespace
+            self._grammars[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
         return xgr.contrib.hf.LogitsProcessor(self._grammars[key])  # one per generate() call
 
     def _prompt_ids(self, messages: Messages, prefix: str) -> list[int]:

@@ -25,24 +25,28 @@ METHOD = "ragsynth"
 
 
 # ----------------------------------------------------------------------------- stage inputs
-def _clue_inputs(batch: pa.Table, max_sentences: int, max_clues: int) -> pa.Table:
+def _clue_inputs(batch: pa.Table, max_sentences: int, max_clues: int, min_support: float) -> pa.Table:
     rows = []
     for r in batch.select(["chunk_id", "doc_id", "text", "sentences", "sentence_spans"]).to_pylist():
         spans = r["sentence_spans"][:max_sentences]
         rows.append({"chunk_id": r["chunk_id"], "doc_id": r["doc_id"],
                      "sentence_ids": r["sentences"][: len(spans)],
                      "sentences": [r["text"][s["start"]:s["end"]] for s in spans],
-                     "max_clues": max_clues})
+                     "max_clues": max_clues, "min_support": min_support})
     return pa.Table.from_pylist(rows)
 
 
 def check_clues(row: dict, reply: dict) -> str | None:
-    """Reject replies whose clues cite sentences the passage does not have."""
+    """Reject replies whose clues cite sentences the passage does not have, or sentences that
+    do not state the clue (M2 must hold before anything is built on it)."""
     n = len(row["sentences"])
     for c in reply["clues"]:
         bad = [i for i in c["sentences"] if i >= n]
         if bad:
             return f"citation_out_of_range: clue cites sentence {bad[0]} of {n}"
+        score = support(c["fact"], [row["sentences"][i] for i in c["sentences"]])
+        if score < row["min_support"]:
+            return f"unsupported_clue: {score:.2f} of the clue's words are in its sentences: {c['fact'][:80]!r}"
     return None
 
 
@@ -173,7 +177,9 @@ def single_hop(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
             if limit:
                 chunks = chunks.limit(limit)
             ds = chunks.map_batches(_clue_inputs, fn_kwargs={"max_sentences": rs.max_sentences_per_chunk,
-                                                             "max_clues": rs.max_clues}, batch_format="pyarrow")
+                                                             "max_clues": rs.max_clues,
+                                                             "min_support": rs.min_support},
+                                 batch_format="pyarrow")
             ds = llm_map(ds, llm=llm, prompt="ragsynth/clues", stage="ragsynth_clues", check=check_clues,
                          prompt_search=search)
             run.commit(rec, ds, table="ragsynth_clues")

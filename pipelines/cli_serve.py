@@ -1,0 +1,80 @@
+"""``synthrag serve teacher``: the relevance teacher on Ray Serve until SIGINT/SIGTERM.
+
+Registers on :data:`pipelines.cli_app.serve_app` when imported. The HTTP API and the
+deployment are in :mod:`actors.teacher`; this module only turns flags into a
+:class:`~actors.teacher.TeacherConfig`, starts the application, waits, and shuts Serve down.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from pipelines.cli_app import serve_app
+
+
+def _load_config(path: Optional[Path]) -> dict:
+    if path is None:
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return data.get("teacher", data)  # a whole run config or just its teacher: section
+
+
+@serve_app.command("teacher")
+def serve_teacher(
+    model: str = typer.Option("embedded", "--model", help="'embedded' (LLM judge on SmolLM2-135M), "
+                              "a cross-encoder directory, or a causal-LM directory (LLM judge)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on all interfaces)."),
+    port: int = typer.Option(8000, "--port", help="HTTP port of Ray Serve."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="SYNTHRAG_TEACHER_TOKEN",
+                                        help="Bearer token required on POST /score (env SYNTHRAG_TEACHER_TOKEN)."),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="Autoscaling minimum (default 1)."),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="Autoscaling maximum (default 1)."),
+    num_cpus: Optional[float] = typer.Option(None, "--num-cpus", help="CPUs per replica (default 1)."),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus",
+                                             help="GPUs per replica, e.g. 0.25 (default: 0.25 if the cluster has GPUs)."),
+    max_passages: Optional[int] = typer.Option(None, "--max-passages", help="Passages per request (default 64)."),
+    max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Pairs per model call (default 16)."),
+    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                          help="YAML with TeacherConfig fields (or a run config's teacher: section); flags win."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS or a local Ray)."),
+) -> None:
+    """Serve the relevance teacher: POST /score, GET /health, until interrupted."""
+    import ray
+    from ray import serve
+
+    from actors.teacher import TeacherConfig, start_teacher
+
+    fields = _load_config(config)
+    flags = dict(model=model, host=host, port=port, token=token, min_replicas=min_replicas,
+                 max_replicas=max_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
+                 max_passages=max_passages, max_batch_size=max_batch_size)
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    cfg = TeacherConfig.model_validate(fields)
+
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    ray_was_running = ray.is_initialized()
+    try:
+        start_teacher(cfg, address=address)
+        base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+        typer.echo(f"teacher ({cfg.model}) listening: POST {base}/score, GET {base}/health"
+                   f"{' (bearer token required)' if cfg.token else ''}; Ctrl-C to stop", err=True)
+        while not stop.wait(0.5):
+            pass
+        typer.echo("stopping teacher", err=True)
+    finally:
+        serve.shutdown()
+        if not ray_was_running:
+            ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    typer.echo("teacher stopped", err=True)

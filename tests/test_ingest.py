@@ -1,0 +1,174 @@
+"""Ingest: reading, cleaning, chunking and dedupe, unit by unit and end to end on Ray."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipelines.ingest import (Chunker, IngestConfig, clean_text, decode, discover, html_to_text,
+                              ingest, looks_binary, normalise, read_byte_range, winnow)
+from pipelines.rundir import Run
+
+
+def test_byte_shards_tile_a_file_exactly(tmp_path):
+    rng = random.Random(0)
+    lines = ["".join(rng.choice("abcdef ") for _ in range(rng.randint(0, 90))) for _ in range(500)]
+    path = tmp_path / "f.txt"
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(data)
+    for shard in (1, 7, 64, 1000, len(data)):
+        parts = [read_byte_range(str(path), s, min(len(data), s + shard)) for s in range(0, len(data), shard)]
+        assert b"".join(parts) == data, shard
+        assert all(p == b"" or p.endswith(b"\n") for p in parts[:-1])
+
+
+def test_decode_keeps_latin1_text():
+    text, enc = decode("Café crème à la française, naïve façade.".encode("latin-1"))
+    assert "Café crème" in text and "façade" in text
+    assert enc != "utf-8"
+    assert decode("Zürich".encode())[0] == "Zürich"
+
+
+def test_clean_text_and_html():
+    assert clean_text("a\x00b\x07  c\r\n\n\n\nd\t e") == "a b c\n\nd e"
+    text, title = html_to_text("<html><head><title>T</title><script>var x=1;</script></head>"
+                               "<body><nav>menu</nav><p>One &amp; two.</p><p>Three.</p></body></html>")
+    text = clean_text(text)
+    assert title == "T"
+    assert "One & two." in text and "Three." in text
+    assert "var x" not in text and "menu" not in text
+    assert looks_binary(bytes(range(256)) * 4) and not looks_binary("plain text\n".encode())
+
+
+def test_winnowing_finds_every_contained_sequence():
+    rng = random.Random(1)
+    vocab = [f"w{i}" for i in range(300)]
+    for _ in range(50):
+        b = [rng.choice(vocab) for _ in range(rng.randint(30, 120))]
+        i = rng.randint(0, len(b) - 8)
+        a = b[i:i + rng.randint(8, len(b) - i)]
+        assert winnow(a, 5, 4) <= winnow(b, 5, 4)
+    # unrelated text shares (almost) nothing
+    x = [rng.choice(vocab) for _ in range(80)]
+    y = [rng.choice(vocab) for _ in range(80)]
+    assert len(winnow(x, 5, 4) & winnow(y, 5, 4)) == 0
+
+
+def test_chunker_aligns_chunks_to_sentences_with_overlap():
+    cfg = IngestConfig(chunk_tokens=40, overlap_tokens=12)
+    chunker = Chunker(cfg.model_dump())
+    sents = [f"Sentence number {i} talks about topic {i} in a few words." for i in range(12)]
+    doc = {"doc_id": "d", "title": "t", "text": " ".join(sents[:6]) + "\n\n" + " ".join(sents[6:])}
+    chunks = chunker.chunk(doc)
+    assert len(chunks) > 2
+    for c in chunks:
+        assert c["text"] == doc["text"][c["char_start"]:c["char_end"]]
+        assert c["token_count"] <= cfg.chunk_tokens
+        pieces = [c["text"][s["start"]:s["end"]] for s in c["sentence_spans"]]
+        assert all(p in sents for p in pieces), pieces  # whole sentences only
+        assert len(c["sentences"]) == len(pieces)
+    for prev, nxt in zip(chunks, chunks[1:]):  # consecutive chunks overlap by whole sentences
+        assert nxt["char_start"] < prev["char_end"]
+        assert nxt["char_start"] > prev["char_start"]
+    covered = "".join(doc["text"][c["char_start"]:c["char_end"]] for c in chunks)
+    assert all(s in covered for s in sents)
+
+
+def _messy_corpus(root, big_bytes: int):
+    root.mkdir()
+    (root / "empty.txt").write_bytes(b"")
+    (root / "image.txt").write_bytes(bytes(range(256)) * 40)  # binary content, text extension
+    (root / "notes.bin").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300))
+    (root / "cafe.txt").write_bytes(
+        "Le café au lait est une boisson française. On le sert souvent dans un grand bol le matin.".encode("latin-1"))
+    long_doc = ("The reservoir above the village was built in 1931 to supply drinking water. "
+                "Its dam is made of granite blocks quarried nearby. "
+                "Engineers inspect the spillway every spring after the snow melts. "
+                "A footpath crosses the crest of the dam and joins the ridge trail.")
+    (root / "reservoir.md").write_text(f"# Reservoir\n\n{long_doc}\n")
+    (root / "reservoir-copy.md").write_text(f"# Reservoir\n\n{long_doc}\n")  # exact duplicate
+    # contained: the middle of another document, worded identically apart from case/punctuation
+    (root / "excerpt.txt").write_text("its dam is made of granite blocks quarried nearby; engineers inspect "
+                                      "the spillway every spring after the snow melts")
+    (root / "page.html").write_text("<html><head><title>Mill</title></head><body><p>The old mill ground wheat "
+                                    "for three villages until 1950. Its wheel was turned by the river.</p></body></html>")
+    lines = [json.dumps({"_id": f"r{i}", "title": f"Record {i}",
+                         "text": f"Record {i} describes a lighthouse keeper who logged {i} storms in one winter."})
+             for i in range(5)]
+    lines.insert(2, '{"_id": "bad1", "text": "unterminated')
+    lines.insert(4, "not json at all")
+    lines.append(json.dumps({"_id": "notext", "title": "no text field"}))
+    (root / "records.jsonl").write_text("\n".join(lines) + "\n")
+    rng = random.Random(3)
+    words = "river stone bridge mill harbour field lantern market tower orchard".split()
+    paras = [" ".join(f"The {rng.choice(words)} number {p}-{s} stood near the {rng.choice(words)}."
+                      for s in range(8)) for p in range(300)]
+    with open(root / "big.txt", "w") as f:
+        written = 0
+        while written < big_bytes:
+            p = paras[rng.randrange(len(paras))] + "\n\n"
+            f.write(p)
+            written += len(p)
+
+
+@pytest.mark.slow
+def test_ingest_messy_folder_end_to_end(ray_local, tmp_path):
+    corpus = tmp_path / "corpus"
+    _messy_corpus(corpus, big_bytes=50 * 2**20)
+    cfg = IngestConfig(splitter="regex", chunk_tokens=128, overlap_tokens=16)
+    run = Run.open(tmp_path / "run", command="test", config={})
+    ingest(run, corpus, cfg)
+    stages = {s["name"]: s for s in run.manifest["stages"]}
+    for s in stages.values():
+        assert s["in"] == s["out"] + sum(s["rejected"].values()), s
+
+    rej = pads.dataset(run.path("rejects/read")).to_table().to_pylist()
+    by_source = {}
+    for r in rej:
+        by_source.setdefault(r["source"], []).append(r)
+    assert [r["reject_reason"] for r in by_source["empty.txt"]] == ["empty_file"]
+    assert [r["reject_reason"] for r in by_source["image.txt"]] == ["binary_file"]
+    assert [r["reject_reason"] for r in by_source["notes.bin"]] == ["unsupported_file_type"]
+    jsonl = sorted(r["reject_reason"] for r in by_source["records.jsonl"])
+    assert jsonl == ["malformed_json", "malformed_json", "missing_text_field"]
+    assert all(r["reject_detail"] for r in rej)
+
+    docs = pads.dataset(run.path("documents")).to_table(columns=["doc_id", "source", "text"]).to_pylist()
+    ids = {d["doc_id"] for d in docs}
+    assert {f"r{i}" for i in range(5)} <= ids
+    assert {"cafe.txt", "reservoir.md", "reservoir-copy.md", "excerpt.txt", "page.html"} <= ids
+    cafe = next(d for d in docs if d["doc_id"] == "cafe.txt")
+    assert "café au lait" in cafe["text"] and "française" in cafe["text"]
+    big_parts = [d for d in docs if d["source"] == "big.txt"]
+    assert len(big_parts) == -(-(corpus / "big.txt").stat().st_size // cfg.shard_bytes)
+    assert max(len(d["text"].encode()) for d in big_parts) <= cfg.shard_bytes  # bounded per task
+    assert stages["read"]["in"] == len(docs) + len(rej)
+
+    dd = pads.dataset(run.path("rejects/dedupe")).to_table(columns=["doc_id", "reject_reason", "reject_detail"]).to_pylist()
+    reasons = {d["doc_id"]: d["reject_reason"] for d in dd if not d["doc_id"].startswith("big.txt")}
+    assert reasons.get("reservoir-copy.md") == "exact_duplicate"
+    assert reasons.get("excerpt.txt") == "contained_in_other_chunk"
+    assert "reservoir.md" not in reasons
+    # the big file repeats 300 paragraphs: duplicates are found and each unique text kept once
+    chunks = pads.dataset(run.path("chunks")).to_table(columns=["chunk_id", "text"]).to_pylist()
+    norms = [normalise(c["text"]) for c in chunks]
+    assert len(norms) == len(set(norms))
+    assert stages["dedupe"]["rejected"]["exact_duplicate"] > 1000
+
+    sents = pads.dataset(run.path("sentences")).to_table().to_pylist()
+    by_chunk = {c["chunk_id"]: c["text"] for c in chunks}
+    assert {s["chunk_id"] for s in sents} == set(by_chunk)
+    for s in sents[:2000]:
+        assert s["text"] in by_chunk[s["chunk_id"]]
+
+
+def test_discover_shards_large_files(tmp_path):
+    (tmp_path / "a.txt").write_text("x\n" * 50_000)
+    (tmp_path / "b.md").write_text("hello\n")
+    tasks = discover(tmp_path, IngestConfig(shard_bytes=1 << 16))
+    a = [t for t in tasks if t["rel"] == "a.txt"]
+    assert len(a) == -(-100_000 // (1 << 16)) and a[-1]["end"] == 100_000
+    assert [t["kind"] for t in tasks if t["rel"] == "b.md"] == ["markdown"]

@@ -1,0 +1,237 @@
+"""The LLM actor: parsing, validation, retries and rejects, the engines, and the Ray pool."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pytest
+
+import actors.llm as llm_mod
+import prompts
+from actors.llm import LLMActor, LLMConfig, ParseError, llm_map, parse_json, parse_reply
+
+# ----------------------------------------------------------------------------- parsing (recorded replies)
+RECORDED = {  # replies the embedded model gave during development
+    "fenced": 'Sure! ```json\n{"question": "Where is the Eiffel Tower?"}\n```',
+    "chatter": 'Here it is: {"question": "What boils at 100 degrees?", "response": "water"} hope it helps',
+    "double_brace": '{"clues": [{"fact": "ID elements spread by retroposition.", "sentences": [0]}}, {"fact": "x"',
+    "truncated": '{"question": "What is the temperature of',
+    "copy": "The Eiffel Tower is in Paris and was built in 1889.",
+}
+
+
+def test_parse_json_tolerates_fences_and_chatter():
+    assert parse_json(RECORDED["fenced"]) == {"question": "Where is the Eiffel Tower?"}
+    assert parse_json(RECORDED["chatter"])["response"] == "water"
+    for bad in ("double_brace", "truncated", "copy"):
+        with pytest.raises(ParseError):
+            parse_json(RECORDED[bad])
+
+
+def test_parse_reply_validates_schema():
+    p = prompts.load("test/echo_question")
+    assert parse_reply(p, '{"question": "What is it?"}') == {"question": "What is it?"}
+    with pytest.raises(ParseError, match="schema: question"):
+        parse_reply(p, '{"question": "Hm"}')  # minLength 5
+    with pytest.raises(ParseError, match="schema"):
+        parse_reply(p, '{"answer": "no question"}')
+
+
+def test_prompts_render_strictly():
+    p = prompts.load("test/echo_question")
+    msgs = p.messages({"text": "Rivers flow."})
+    assert msgs[-1]["role"] == "user" and "Rivers flow." in msgs[-1]["content"]
+    with pytest.raises(Exception):
+        p.messages({})  # a missing variable is an error, not an empty string
+
+
+def test_config_is_validated_at_the_edge():
+    with pytest.raises(ValueError, match="base_url"):
+        LLMConfig(engine="openai")
+    with pytest.raises(ValueError):
+        LLMConfig(concurrency=(3, 1))
+    with pytest.raises(ValueError):
+        LLMConfig(nonsense=1)
+
+
+# ----------------------------------------------------------------------------- retries and rejects
+class ReplayEngine:
+    """Plays back recorded replies in order, per row, to test the actor's retry logic."""
+
+    name = "replay"
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script = {k: list(v) for k, v in script.items()}
+        self.calls = 0
+
+    def generate(self, messages, sampling, seeds, schema, prefix):
+        self.calls += 1
+        return [self.script[m[-1]["content"].split("Text: ")[-1]].pop(0) for m in messages]
+
+
+def test_actor_retries_then_rejects_with_raw_text(monkeypatch):
+    engine = ReplayEngine({
+        "ok": ['{"question": "Is the first try fine?"}'],
+        "second": [RECORDED["copy"], '{"question": "Did the retry work?"}'],
+        "never": [RECORDED["truncated"], RECORDED["copy"], RECORDED["double_brace"]],
+    })
+    monkeypatch.setattr(llm_mod, "make_engine", lambda cfg: engine)
+    actor = LLMActor(LLMConfig(max_retries=2, seed=7).model_dump(), "test/echo_question", "unit")
+    out = actor(pa.table({"text": ["ok", "second", "never"]})).to_pylist()
+    assert [r["attempts"] for r in out] == [1, 2, 3]
+    assert json.loads(out[0]["llm_output"]) == {"question": "Is the first try fine?"}
+    assert json.loads(out[1]["llm_output"])["question"] == "Did the retry work?"
+    assert out[1]["seed"] == 8  # a retry uses the next seed
+    assert out[2]["llm_output"] is None and out[2]["reject_reason"] == "unparsable_reply"
+    assert json.loads(out[2]["reject_detail"])["raw"] == RECORDED["double_brace"]
+    for r in out:
+        assert (r["stage"], r["prompt_id"], r["model"]) == ("unit", "test/echo_question@1", "replay")
+
+
+def test_actor_check_failures_are_retried_and_named(monkeypatch):
+    engine = ReplayEngine({"a": ['{"question": "Why is the sky blue?"}'] * 3})
+    monkeypatch.setattr(llm_mod, "make_engine", lambda cfg: engine)
+    actor = LLMActor(LLMConfig(max_retries=2).model_dump(), "test/echo_question", "unit",
+                     check=lambda row, reply: "off_topic: no" if "sky" in reply["question"] else None)
+    (row,) = actor(pa.table({"text": ["a"]})).to_pylist()
+    assert row["reject_reason"] == "off_topic" and row["attempts"] == 3
+
+
+def test_actor_survives_engine_crash_per_row(monkeypatch):
+    class Flaky(ReplayEngine):
+        def generate(self, messages, sampling, seeds, schema, prefix):
+            if any("boom" in m[-1]["content"] for m in messages):
+                raise RuntimeError("CUDA error: device-side assert")
+            return super().generate(messages, sampling, seeds, schema, prefix)
+
+    engine = Flaky({"fine": ['{"question": "Is this row fine?"}']})
+    monkeypatch.setattr(llm_mod, "make_engine", lambda cfg: engine)
+    actor = LLMActor(LLMConfig(max_retries=0).model_dump(), "test/echo_question", "unit")
+    out = actor(pa.table({"text": ["fine", "boom"]})).to_pylist()
+    assert out[0]["reject_reason"] is None
+    assert out[1]["reject_reason"] == "engine_error" and "device-side" in out[1]["reject_detail"]
+
+
+# ----------------------------------------------------------------------------- real engines
+@pytest.fixture(scope="module")
+def embedded_engine():
+    return llm_mod.TransformersEngine(LLMConfig(num_cpus=2))
+
+
+@pytest.mark.slow
+def test_embedded_engine_generates_valid_json_under_grammar(embedded_engine):
+    p = prompts.load("test/echo_question")
+    texts = ["The Eiffel Tower is in Paris.", "Water boils at 100 degrees Celsius at sea level."]
+    raws = embedded_engine.generate([p.messages({"text": t}) for t in texts], p.sampling, [0, 0], p.schema,
+                                    p.response_prefix)
+    for raw in raws:
+        parse_reply(p, raw)  # guided decoding: the reply follows the schema
+    assert embedded_engine.guided
+
+
+@pytest.mark.slow
+def test_embedded_engine_choice_logprobs_are_teacher_forced(embedded_engine):
+    msgs = [[{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]]
+    (yes, no, long), = embedded_engine.choice_logprobs(msgs, ["yes", "no", "yes it is the capital of France"])
+    assert yes < 0 and no < 0
+    assert long < yes  # more tokens to predict: lower joint probability
+
+
+class _OpenAIHandler(BaseHTTPRequestHandler):
+    """A minimal OpenAI-compatible server (the real wire protocol) backed by the real
+    embedded model, standing in for vLLM serve / TGI, which cannot run here."""
+
+    engine = None
+    seen_auth: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen_auth.append(self.headers.get("Authorization"))
+        if self.path != "/v1/chat/completions":
+            self.send_error(404)
+            return
+        from prompts import Sampling
+
+        schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema")
+        sampling = Sampling(temperature=body.get("temperature", 0.0), max_tokens=body.get("max_tokens", 64))
+        if body.get("logprobs"):
+            lp = self.engine.choice_logprobs([body["messages"]], ["yes", "no"])[0]
+            choice = {"index": 0, "message": {"role": "assistant", "content": "yes"},
+                      "logprobs": {"content": [{"token": "yes", "logprob": lp[0], "top_logprobs": [
+                          {"token": "yes", "logprob": lp[0]}, {"token": "no", "logprob": lp[1]}]}]}}
+        else:
+            text = self.engine.generate([body["messages"]], sampling, [body.get("seed", 0)], schema, "")[0]
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.mark.slow
+def test_openai_engine_over_http(embedded_engine, monkeypatch):
+    _OpenAIHandler.engine = embedded_engine
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("SYNTHRAG_TEST_KEY", "sk-test")
+        cfg = LLMConfig(engine="openai", model="smol", base_url=f"http://127.0.0.1:{server.server_port}/v1",
+                        api_key_env="SYNTHRAG_TEST_KEY", max_retries=1)
+        actor = LLMActor(cfg.model_dump(), "test/echo_question", "unit")
+        out = actor(pa.table({"text": ["Bees make honey from nectar."]})).to_pylist()
+        assert out[0]["reject_reason"] is None, out[0]["reject_detail"]
+        assert len(json.loads(out[0]["llm_output"])["question"]) >= 5
+        assert out[0]["model"] == "smol"
+        assert _OpenAIHandler.seen_auth[-1] == "Bearer sk-test"
+        (yes, no), = actor.engine.choice_logprobs([[{"role": "user", "content": "Say yes."}]], ["yes", "no"])
+        assert yes <= 0 and no <= 0
+    finally:
+        server.shutdown()
+
+
+def test_vllm_engine_needs_vllm():
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pytest.skip("vllm is not installed (GPU clusters only: pip install 'synthrag[gpu]')")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU")
+    import os
+
+    model = os.environ.get("SYNTHRAG_VLLM_MODEL")
+    if not model:
+        pytest.skip("set SYNTHRAG_VLLM_MODEL to a local model directory to run the vLLM engine test")
+    eng = llm_mod.VLLMEngine(LLMConfig(engine="vllm", model=model, num_gpus=1))
+    p = prompts.load("test/echo_question")
+    raws = eng.generate([p.messages({"text": "Bees make honey."})] * 4, p.sampling, [0, 1, 2, 3], p.schema, "")
+    for raw in raws:
+        parse_reply(p, raw)
+
+
+# ----------------------------------------------------------------------------- on Ray Data
+@pytest.mark.slow
+def test_llm_map_on_an_actor_pool(ray_local):
+    import ray
+
+    rows = [{"text": t} for t in ["Bees make honey.", "Ice melts at zero degrees.", "Owls hunt at night."]]
+    ds = llm_map(ray.data.from_items(rows), llm=LLMConfig(batch_size=2, max_retries=1), prompt="test/echo_question",
+                 stage="pool", check=lambda row, reply: "always_bad: test" if row["text"].startswith("Owls") else None)
+    out = sorted(ds.take_all(), key=lambda r: r["text"])
+    assert len(out) == 3
+    by = {r["text"]: r for r in out}
+    assert by["Owls hunt at night."]["reject_reason"] == "always_bad"
+    assert by["Owls hunt at night."]["attempts"] == 2
+    for t in ("Bees make honey.", "Ice melts at zero degrees."):
+        assert by[t]["reject_reason"] is None, by[t]["reject_detail"]
+        assert json.loads(by[t]["llm_output"])["question"]
+        assert by[t]["model"] == "SmolLM2-135M-Instruct" and by[t]["prompt_id"] == "test/echo_question@1"
