@@ -57,6 +57,7 @@ class LLMConfig(BaseModel):
     seed: int = 0
     max_input_tokens: int = 1536  # longer prompts are truncated from the left of the user text
     guided: bool = True  # JSON-schema constrained decoding (xgrammar on transformers, vLLM's own)
+    max_tokens: int | None = None  # overrides every prompt's sampling.max_tokens when set
 
     @model_validator(mode="after")
     def _check(self):
@@ -335,8 +336,14 @@ def parse_json(text: str) -> Any:
 
 
 def parse_reply(prompt: Prompt, text: str) -> Any:
+    """The validated reply: a JSON object for prompts with a schema, ``{"text": ...}`` for
+    free-text prompts (no schema)."""
     import jsonschema
 
+    if prompt.schema is None:
+        if not text.strip():
+            raise ParseError("empty_reply: the model returned no text")
+        return {"text": text.strip()}
     obj = parse_json(text)
     try:
         prompt.validate_reply(obj)
@@ -359,32 +366,40 @@ class LLMActor:
     ``attempts``, ``reject_reason``, ``reject_detail``.
     """
 
-    def __init__(self, llm: dict, prompt: str, stage: str, check: Check | None = None,
-                 prompt_search: list[str] | None = None):
+    def __init__(self, llm: dict, prompt: str | dict[str, str], stage: str, check: Check | None = None,
+                 prompt_search: list[str] | None = None, prompt_key: str | None = None):
+        """``prompt`` is a prompt name, or a mapping {value: prompt name} chosen per row by the
+        row's ``prompt_key`` column (e.g. one prompt per query type in one actor pool)."""
         self.cfg = LLMConfig.model_validate(llm)
-        self.prompt = prompt_files.load(prompt, search=prompt_search)
+        names = prompt if isinstance(prompt, dict) else {None: prompt}
+        if isinstance(prompt, dict) and not prompt_key:
+            raise ValueError("a prompt mapping needs prompt_key: the column that selects the prompt")
+        self.prompts = {k: prompt_files.load(v, search=prompt_search) for k, v in names.items()}
+        self.prompt_key = prompt_key
+        self.prompt = next(iter(self.prompts.values()))
         self.stage = stage
         self.check = check
         self.engine = make_engine(self.cfg)
-        self.tokens_out = 0
 
-    def _attempt(self, rows: list[dict], attempt: int) -> list[tuple[Any, str, str | None]]:
+    def _attempt(self, rows: list[dict], attempt: int, prompt: Prompt) -> list[tuple[Any, str, str | None]]:
         """One generation over ``rows``: (parsed or None, raw, error or None) per row."""
-        sampling = self.prompt.sampling
+        sampling = prompt.sampling
+        if self.cfg.max_tokens:
+            sampling = sampling.model_copy(update={"max_tokens": self.cfg.max_tokens})
         if attempt > 0 and sampling.temperature == 0:
             sampling = sampling.model_copy(update={"temperature": self.cfg.retry_temperature})
         seeds = [self.cfg.seed + attempt for _ in rows]
-        msgs = [self.prompt.messages(r) for r in rows]
+        msgs = [prompt.messages(r) for r in rows]
         try:
-            raws = self.engine.generate(msgs, sampling, seeds, self.prompt.schema, self.prompt.response_prefix)
+            raws = self.engine.generate(msgs, sampling, seeds, prompt.schema, prompt.response_prefix)
         except Exception as e:  # an engine failure on the batch: retry rows one by one
             if len(rows) == 1:
                 return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300])]
-            return [r for row in rows for r in self._attempt([row], attempt)]
+            return [r for row in rows for r in self._attempt([row], attempt, prompt)]
         results = []
         for row, raw in zip(rows, raws):
             try:
-                obj = parse_reply(self.prompt, raw)
+                obj = parse_reply(prompt, raw)
                 err = self.check(row, obj) if self.check else None
             except ParseError as e:
                 obj, err = None, str(e)
@@ -398,33 +413,40 @@ class LLMActor:
         n = len(rows)
         done: list[tuple[Any, str, str | None, int] | None] = [None] * n
         pending = list(range(n))
+        key = (lambda r: r[self.prompt_key]) if self.prompt_key else (lambda r: None)
         for attempt in range(self.cfg.max_retries + 1):
             if not pending:
                 break
-            res = self._attempt([rows[i] for i in pending], attempt)
             still = []
-            for i, (obj, raw, err) in zip(pending, res):
-                done[i] = (obj, raw, err, attempt + 1)
-                if err is not None:
-                    still.append(i)
+            for k in dict.fromkeys(key(rows[i]) for i in pending):  # one engine call per prompt
+                group = [i for i in pending if key(rows[i]) == k]
+                if k not in self.prompts:
+                    for i in group:
+                        done[i] = (None, "", f"unknown_prompt: no prompt for {self.prompt_key}={k!r}", attempt + 1)
+                    continue
+                res = self._attempt([rows[i] for i in group], attempt, self.prompts[k])
+                for i, (obj, raw, err) in zip(group, res):
+                    done[i] = (obj, raw, err, attempt + 1)
+                    if err is not None:
+                        still.append(i)
             pending = still
         out_cols: dict[str, list] = {k: [] for k in
                                      (OUTPUT, RAW, "stage", "prompt_id", "model", "seed", "attempts",
                                       "reject_reason", "reject_detail")}
         for i in range(n):
             obj, raw, err, attempts = done[i]
-            self.tokens_out += len(raw) // 4
             out_cols[OUTPUT].append(None if err else json.dumps(obj, ensure_ascii=False))
             out_cols[RAW].append(raw)
             out_cols["stage"].append(self.stage)
-            out_cols["prompt_id"].append(self.prompt.id)
+            out_cols["prompt_id"].append(self.prompts.get(key(rows[i]), self.prompt).id)
             out_cols["model"].append(self.engine.name)
             out_cols["seed"].append(self.cfg.seed + attempts - 1)
             out_cols["attempts"].append(attempts)
             reason = None
             if err:
-                reason = err.split(":", 1)[0] if err.startswith(("engine_error", "check_failed")) else \
+                reason = err.split(":", 1)[0] if err.startswith(("engine_error", "check_failed", "unknown_prompt")) else \
                     ("unparsable_reply" if err.startswith(("no JSON", "invalid JSON")) else
+                     "empty_reply" if err.startswith("empty_reply") else
                      "schema_violation" if err.startswith("schema") else err.split(":", 1)[0])
             out_cols["reject_reason"].append(reason)
             out_cols["reject_detail"].append(None if not err else json.dumps({"error": err, "raw": raw}, ensure_ascii=False))
@@ -435,8 +457,8 @@ class LLMActor:
         return batch
 
 
-def llm_map(ds, *, llm: LLMConfig, prompt: str, stage: str, check: Check | None = None,
-            prompt_search: list[str] | None = None):
+def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, check: Check | None = None,
+            prompt_search: list[str] | None = None, prompt_key: str | None = None):
     """Run ``prompt`` over every row of a Ray dataset with an autoscaling LLM actor pool.
 
     Actors are restarted by Ray if they crash and their batches retried; rows that still fail
@@ -448,7 +470,7 @@ def llm_map(ds, *, llm: LLMConfig, prompt: str, stage: str, check: Check | None 
     return ds.map_batches(
         LLMActor,
         fn_constructor_kwargs=dict(llm=llm.model_dump(), prompt=prompt, stage=stage, check=check,
-                                   prompt_search=prompt_search),
+                                   prompt_search=prompt_search, prompt_key=prompt_key),
         batch_size=llm.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),

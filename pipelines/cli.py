@@ -11,6 +11,7 @@ from pipelines.cli_app import app
 COMMAND_MODULES = [
     "pipelines.cli_data",
     "pipelines.cli_ops",
+    "pipelines.cli_generate",
 ]
 
 

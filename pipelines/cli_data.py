@@ -78,3 +78,23 @@ def run_ragsynth(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[
         run.finish("failed")
         raise
     finish(run, t0)
+
+
+@run_app.command("querygen")
+def run_querygen(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] = ConfigOpt,
+                 limit: Optional[int] = typer.Option(None, "--limit", help="Sample up to N passages after ingest and dedupe."),
+                 set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help),
+                 address: Optional[str] = AddressOpt):
+    """Query distillation: six query types per passage, retriever + teacher filtering, scored lists."""
+    from pipelines.ingest import ingest as run_ingest
+    from pipelines.querygen import querygen
+
+    t0 = time.perf_counter()
+    cfg, run = open_run(out, "run querygen", config, set_, address)
+    try:
+        run_ingest(run, corpus, cfg.ingest)
+        querygen(run, cfg, limit=limit)
+    except BaseException:
+        run.finish("failed")
+        raise
+    finish(run, t0)

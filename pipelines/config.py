@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.llm import LLMConfig
 from pipelines.ingest import IngestConfig
+from pipelines.querygen import QuerygenConfig
 
 
 class RagsynthConfig(BaseModel):
@@ -31,6 +32,7 @@ class RunConfig(BaseModel):
     ingest: IngestConfig = IngestConfig()
     llm: LLMConfig = LLMConfig()
     ragsynth: RagsynthConfig = RagsynthConfig()
+    querygen: QuerygenConfig = QuerygenConfig()
     prompts_dir: str | None = None  # a folder of prompt files overriding the packaged ones
 
     def prompt_search(self) -> list[str] | None:

@@ -41,7 +41,8 @@ class Prompt(BaseModel):
     id: str
     description: str = ""
     system: str | None = None
-    user: str
+    user: str = ""
+    messages_field: str | None = None  # take the conversation from this row column instead
     response_prefix: str = ""
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     sampling: Sampling = Sampling()
@@ -51,6 +52,11 @@ class Prompt(BaseModel):
         return self.schema_
 
     def messages(self, variables: dict[str, Any]) -> list[dict[str, str]]:
+        if self.messages_field:
+            convo = [{"role": m["role"], "content": m["content"]} for m in variables[self.messages_field]]
+            if self.system and not any(m["role"] == "system" for m in convo):
+                convo.insert(0, {"role": "system", "content": self.system})
+            return convo
         msgs = []
         if self.system:
             msgs.append({"role": "system", "content": _ENV.from_string(self.system).render(**variables).strip()})

@@ -29,7 +29,7 @@ def _qa_row(answer, question="Why must the pump never run dry?"):
 
 
 def test_citations_compose_answer_to_clue_to_sentence():
-    res = resolve(_qa_row([{"sentence": "Without water the seal overheats within 30 seconds.", "facts": [1]}]),
+    res = resolve(_qa_row([{"sentence": "Without water the seal overheats within 30 seconds.", "facts": [2]}]),
                   0.5, LINEAGE)
     ex = res["example"]
     assert ex["citations"] == [{"chunk_id": "manual.md#c0", "sentence_id": "manual.md#c0:s1"},
@@ -37,26 +37,32 @@ def test_citations_compose_answer_to_clue_to_sentence():
     assert ex["positives"] == ["manual.md#c0"] and ex["hop"] == 1
     assert ex["clues"][1]["sentence_ids"] == ["manual.md#c0:s1", "manual.md#c0:s2"]
     assert ex["example_id"] == resolve(_qa_row([{"sentence": "Without water the seal overheats within 30 seconds.",
-                                                "facts": [1]}]), 0.5, LINEAGE)["example"]["example_id"]
+                                                "facts": [2]}]), 0.5, LINEAGE)["example"]["example_id"]
 
 
 def test_unsupported_answers_are_rejected_with_reason():
-    res = resolve(_qa_row([{"sentence": "The warranty lasts five years in Europe.", "facts": [0]}]), 0.5, LINEAGE)
+    res = resolve(_qa_row([{"sentence": "The warranty lasts five years in Europe.", "facts": [1]}]), 0.5, LINEAGE)
     assert res["reason"] == "unsupported_answer"
     assert res["detail"]["support"] < 0.5
 
 
 def test_checks_catch_out_of_range_and_unsupported_clues():
-    assert check_clues(ROW, {"clues": CLUES}) is None
-    assert check_clues(ROW, {"clues": [{"fact": "The pump is primed.", "sentences": [5]}]}).startswith(
-        "citation_out_of_range")
-    assert check_clues(ROW, {"clues": [{"fact": "Bananas are yellow fruit.", "sentences": [0]}]}).startswith(
+    one_based = [{"fact": c["fact"], "sentences": [i + 1 for i in c["sentences"]]} for c in CLUES]
+    assert check_clues(ROW, {"clues": one_based}) is None
+    for bad in (0, 4):
+        assert check_clues(ROW, {"clues": [{"fact": "The pump is primed.", "sentences": [bad]}]}).startswith(
+            "citation_out_of_range")
+    assert check_clues(ROW, {"clues": [{"fact": "Bananas are yellow fruit.", "sentences": [1]}]}).startswith(
         "unsupported_clue")
     row = {**ROW, "clues": [c["fact"] for c in CLUES]}
-    assert check_qa(row, {"question": "Why?", "answer": [{"sentence": "x", "facts": [2]}]}).startswith(
+    ok = {"question": "When must the pump be primed?", "answer": [{"sentence": "Before first use.", "facts": [1]}]}
+    assert check_qa(row, ok) is None
+    assert check_qa(row, {"question": "Why?", "answer": [{"sentence": "x", "facts": [3]}]}).startswith(
         "citation_out_of_range")
-    assert check_qa(row, {"question": "The pump is primed.", "answer": [{"sentence": "x", "facts": [0]}]}).startswith(
+    assert check_qa(row, {"question": "The pump is primed.", "answer": [{"sentence": "x", "facts": [1]}]}).startswith(
         "not_a_question")
+    assert check_qa(row, {"question": "What is the state of research?",
+                          "answer": [{"sentence": "x", "facts": [1]}]}).startswith("question_off_topic")
     assert support("seal overheats", ["the seal overheats quickly"]) == 1.0
 
 
@@ -92,7 +98,7 @@ def test_run_ragsynth_end_to_end(ray_local, tmp_path):
         assert ex["citations"], ex
         for c in ex["citations"]:
             assert (c["chunk_id"], c["sentence_id"]) in sentences
-        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"] == "ragsynth/qa@1"
+        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"] == "ragsynth/qa@2"
         assert support(ex["answer"], [sentences[(c["chunk_id"], c["sentence_id"])] for c in ex["citations"]]) >= 0.5
     assert stages["ragsynth_cite"]["citations_checked"]["missing"] == 0
     lines = (out / "exports" / "examples.jsonl").read_text().splitlines()
