@@ -516,6 +516,9 @@ def find_duplicates(chunks, cfg: IngestConfig) -> tuple[dict[str, str], dict[str
                                 batch_format="pyarrow")
     cands = prints.groupby("fp").map_groups(_candidate_pairs, fn_kwargs={"cap": cfg.max_candidates_per_fingerprint},
                                             batch_format="pyarrow")
+    cands = cands.materialize()  # candidate pairs are few: shared anchors, capped per fingerprint
+    if cands.count() == 0:
+        return exact, {}
     texts = unique.select_columns(["chunk_id", "norm"])
     with_a = cands.join(texts.rename_columns({"chunk_id": "a", "norm": "norm_a"}), "inner", n_parts, on=("a",))
     with_b = with_a.join(texts.rename_columns({"chunk_id": "b", "norm": "norm_b"}), "inner", n_parts, on=("b",))

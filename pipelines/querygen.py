@@ -55,14 +55,6 @@ class QuerygenConfig(BaseModel):
 
 
 # ----------------------------------------------------------------------------- sample + generate
-def sample_chunk_ids(run: Run, n: int | None, seed: int) -> list[str]:
-    """Up to ``n`` chunk ids, chosen by a seeded hash so reruns and resumes agree (ids only)."""
-    ids = pads.dataset(run.path("chunks"), format="parquet").to_table(columns=["chunk_id"]).column(0).to_pylist()
-    if n is None or n >= len(ids):
-        return sorted(ids)
-    return sorted(sorted(ids, key=lambda c: stable_id(seed, c))[:n])
-
-
 def load_examples(cfg: QuerygenConfig) -> dict[str, list[dict]]:
     path = Path(cfg.examples_file) if cfg.examples_file else DEFAULT_EXAMPLES
     data = yaml.safe_load(path.read_text()) or {}
@@ -83,7 +75,7 @@ def _generation_rows(batch: pa.Table, types: list[str], examples: dict) -> pa.Ta
     for r in batch.select(["chunk_id", "text"]).to_pylist():
         for t in types:
             rows.append({"chunk_id": r["chunk_id"], "text": r["text"], "query_type": t,
-                         "examples": json.dumps(examples.get(t, []))})
+                         "gen_key": f"{r['chunk_id']}|{t}", "examples": json.dumps(examples.get(t, []))})
     return pa.Table.from_pylist(rows)
 
 
@@ -103,7 +95,8 @@ def _queries(batch: pa.Table) -> pa.Table:
     out = []
     for r in batch.to_pylist():
         q = json.loads(r["llm_output"])["query"].strip() if r["llm_output"] else None
-        out.append({"query_id": stable_id("querygen", r["chunk_id"], r["query_type"], q or r["llm_raw"]),
+        out.append({"gen_key": r["gen_key"],
+                    "query_id": stable_id("querygen", r["chunk_id"], r["query_type"], q or r["llm_raw"]),
                     "query": q, "query_type": r["query_type"], "positive": r["chunk_id"],
                     "prompt_id": r["prompt_id"], "model": r["model"], "seed": r["seed"],
                     REJECT_REASON: r["reject_reason"], REJECT_DETAIL: r["reject_detail"]})
@@ -203,12 +196,12 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
     with run.stage("querygen_generate", chunk_fp, limit, qg.sample_seed, qg.query_types, examples,
                    qg.max_query_words, llm_fp, cfg.prompts_dir) as rec:
         if rec is not None:
-            ids = sample_chunk_ids(run, limit, qg.sample_seed)
+            ids = run.sample_keys("chunks", "chunk_id", limit, qg.sample_seed)
             wanted = set(ids)
             passages = run.read("chunks", columns=["chunk_id", "text"]).filter(lambda r: r["chunk_id"] in wanted)
             ds = passages.map_batches(_generation_rows, fn_kwargs={"types": qg.query_types, "examples": examples},
                                       batch_format="pyarrow")
-            ds = ds.map_batches(_parse_examples, batch_format="pyarrow")
+            ds = run.resume(rec, ds, "gen_key").map_batches(_parse_examples, batch_format="pyarrow")
             ds = llm_map(ds, llm=llm, prompt={t: f"querygen/{t}" for t in qg.query_types}, prompt_key="query_type",
                          stage="querygen_generate", check=check_query(qg.max_query_words),
                          prompt_search=cfg.prompt_search())

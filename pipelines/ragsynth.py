@@ -36,28 +36,36 @@ def _clue_inputs(batch: pa.Table, max_sentences: int, max_clues: int, min_suppor
     return pa.Table.from_pylist(rows)
 
 
+# Prompts number sentences and clues from 1 (what models expect); the data model counts from 0.
+
+
 def check_clues(row: dict, reply: dict) -> str | None:
     """Reject replies whose clues cite sentences the passage does not have, or sentences that
     do not state the clue (M2 must hold before anything is built on it)."""
     n = len(row["sentences"])
     for c in reply["clues"]:
-        bad = [i for i in c["sentences"] if i >= n]
+        bad = [i for i in c["sentences"] if not 1 <= i <= n]
         if bad:
             return f"citation_out_of_range: clue cites sentence {bad[0]} of {n}"
-        score = support(c["fact"], [row["sentences"][i] for i in c["sentences"]])
+        score = support(c["fact"], [row["sentences"][i - 1] for i in c["sentences"]])
         if score < row["min_support"]:
             return f"unsupported_clue: {score:.2f} of the clue's words are in its sentences: {c['fact'][:80]!r}"
     return None
 
 
 def check_qa(row: dict, reply: dict) -> str | None:
+    """The answer cites existing clues, and the question is a question about them."""
     n = len(row["clues"])
     for a in reply["answer"]:
-        bad = [i for i in a["facts"] if i >= n]
+        bad = [i for i in a["facts"] if not 1 <= i <= n]
         if bad:
             return f"citation_out_of_range: answer cites fact {bad[0]} of {n}"
-    if not reply["question"].rstrip().endswith("?"):
+    question = reply["question"].strip()
+    if not question.endswith("?"):
         return "not_a_question: the question does not end with '?'"
+    cited = " ".join(row["clues"][i - 1] for a in reply["answer"] for i in a["facts"])
+    if not content_words(question) & content_words(cited):
+        return "question_off_topic: the question shares no content word with the clues it rests on"
     return None
 
 
@@ -65,6 +73,8 @@ def _qa_inputs(batch: pa.Table) -> pa.Table:
     rows = []
     for r in batch.select(["chunk_id", "doc_id", "sentence_ids", "sentences", "llm_output"]).to_pylist():
         clues = json.loads(r["llm_output"])["clues"]
+        for c in clues:  # to 0-based sentence indexes, the data model's
+            c["sentences"] = [i - 1 for i in c["sentences"]]
         rows.append({"chunk_id": r["chunk_id"], "doc_id": r["doc_id"], "sentence_ids": r["sentence_ids"],
                      "sentences": r["sentences"], "clue_json": json.dumps(clues),
                      "clues": [c["fact"] for c in clues]})
@@ -100,6 +110,9 @@ def resolve(row: dict, min_support: float, lineage: dict) -> dict:
     sids, sents = row["sentence_ids"], row["sentences"]
     citations, answer_sents, scores = [], [], []
     for a in qa["answer"]:
+        a["facts"] = [f - 1 for f in a["facts"]]  # to 0-based clue indexes
+        if any(not 0 <= f < len(clues) for f in a["facts"]):
+            return {"reason": "unresolved_citation", "detail": {"answer_sentence": a, "clues": clues}}
         cited_idx = sorted({s for f in a["facts"] for s in clues[f]["sentences"]})
         if not cited_idx or any(i >= len(sids) for i in cited_idx):
             return {"reason": "unresolved_citation", "detail": {"answer_sentence": a, "clues": clues}}
@@ -171,12 +184,13 @@ def single_hop(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
     chunk_fp = run.stage_record("dedupe")["fingerprint"]
     llm_fp = llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus"})
 
-    with run.stage("ragsynth_clues", chunk_fp, limit, llm_fp, rs.model_dump(), search) as rec:
+    with run.stage("ragsynth_clues", chunk_fp, limit, cfg.seed, llm_fp, rs.model_dump(), search) as rec:
         if rec is not None:
             chunks = run.read("chunks")
             if limit:
-                chunks = chunks.limit(limit)
-            ds = chunks.map_batches(_clue_inputs, fn_kwargs={"max_sentences": rs.max_sentences_per_chunk,
+                wanted = set(run.sample_keys("chunks", "chunk_id", limit, cfg.seed))
+                chunks = chunks.filter(lambda r: r["chunk_id"] in wanted)
+            ds = run.resume(rec, chunks, "chunk_id").map_batches(_clue_inputs, fn_kwargs={"max_sentences": rs.max_sentences_per_chunk,
                                                              "max_clues": rs.max_clues,
                                                              "min_support": rs.min_support},
                                  batch_format="pyarrow")
@@ -186,7 +200,7 @@ def single_hop(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
 
     with run.stage("ragsynth_qa", run.stage_record("ragsynth_clues")["fingerprint"]) as rec:
         if rec is not None:
-            ds = run.read("ragsynth_clues").map_batches(_qa_inputs, batch_format="pyarrow")
+            ds = run.resume(rec, run.read("ragsynth_clues"), "chunk_id").map_batches(_qa_inputs, batch_format="pyarrow")
             ds = llm_map(ds, llm=llm, prompt="ragsynth/qa", stage="ragsynth_qa", check=check_qa,
                          prompt_search=search)
             run.commit(rec, ds, table="ragsynth_qa")

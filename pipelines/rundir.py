@@ -117,6 +117,14 @@ class Run:
             raise FileNotFoundError(f"{self.path(table)} does not exist; run the stage that makes it")
         return ray.data.read_parquet(str(self.path(table)), columns=columns)
 
+    def sample_keys(self, table: str, column: str, n: int | None, seed: int = 0) -> list[str]:
+        """Up to ``n`` values of ``column``, picked by a seeded hash: the same on every rerun
+        (so resume and caching agree) and spread over the whole table. Reads one column only."""
+        keys = pads.dataset(self.path(table), format="parquet").to_table(columns=[column]).column(0).to_pylist()
+        if n is None or n >= len(keys):
+            return sorted(keys)
+        return sorted(sorted(keys, key=lambda k: stable_id(seed, k))[:n])
+
     def read_arrow(self, table: str, *, columns: list[str] | None = None) -> pa.Table:
         """The whole table in this process: only for small tables (examples, lists)."""
         if not self.has(table):
@@ -145,6 +153,10 @@ class Run:
             print(f"[synthrag] {name}: up to date, skipped")
             yield None
             return
+        prev = self.stage_record(name)
+        if not (prev and prev["fingerprint"] == fp and prev["status"] != "done"):
+            # a fresh start; an interrupted run of the same stage keeps its finished rows (resume)
+            shutil.rmtree(self.root / ".staging" / name, ignore_errors=True)
         rec = StageRecord(name=name, fingerprint=fp)
         self._put_record(rec)
         t0 = time.perf_counter()
@@ -170,14 +182,14 @@ class Run:
         ``in`` is then ``out + rejected``, and a stage that drops rows elsewhere must pass them
         through ``ds`` as rejects instead.
         """
-        staging = self.root / ".staging" / rec.name
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging = self._staging(rec.name)
         if isinstance(ds, pa.Table):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
             pq.write_table(ds, staging / "part-0.parquet")
         else:
-            ds.write_parquet(str(staging))
-        files = sorted(staging.glob("*.parquet"))
+            ds.write_parquet(str(staging))  # adds files next to rows kept by an interrupted run
+        files = self._complete_files(staging)
         staged = pads.dataset(files, format="parquet") if files else None
         reasons: dict[str, int] = {}
         total = 0
@@ -201,6 +213,40 @@ class Run:
         if rec.in_ != rec.out + rejected_n:
             raise AssertionError(f"{rec.name}: funnel does not add up ({rec.in_} in, "
                                  f"{rec.out} out, {rejected_n} rejected)")
+
+    def _staging(self, stage: str) -> Path:
+        path = self.root / ".staging" / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @staticmethod
+    def _complete_files(folder: Path) -> list[Path]:
+        """Parquet files with a valid footer; a file cut off by a crash is deleted (its rows are
+        simply computed again)."""
+        good = []
+        for f in sorted(folder.glob("*.parquet")):
+            try:
+                pq.read_metadata(f)
+                good.append(f)
+            except Exception:
+                f.unlink(missing_ok=True)
+        return good
+
+    def resume(self, rec: StageRecord, ds, key: str):
+        """Row-level resume: drop the rows of ``ds`` whose ``key`` an interrupted run of this
+        same stage already wrote to its staging folder, so they are not computed again.
+
+        Works because stage output is written to staging as it is produced (file per block) and
+        a rerun with the same fingerprint keeps that folder (see :meth:`stage`).
+        """
+        files = self._complete_files(self._staging(rec.name))
+        done: set = set()
+        for f in files:
+            done.update(pq.read_table(f, columns=[key]).column(0).to_pylist())
+        rec.extra["resumed_rows"] = len(done)
+        if not done:
+            return ds
+        return ds.filter(lambda row: row[key] not in done)
 
     def _write_split(self, staged, dest: Path, schema: pa.Schema | None, *, keep: bool) -> None:
         tmp = dest.with_name(dest.name + ".tmp")

@@ -1,0 +1,87 @@
+"""Query distillation: normalisation, false-negative flags, checks, and the pipeline on SciFact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from pipelines.querygen import (QuerygenConfig, check_query, false_negatives, load_examples,
+                                normalise_scores)
+
+
+def test_normalisation_uses_percentiles_and_clips():
+    lists = [[0.0, 1.0, 2.0], [3.0, 4.0, 100.0]]
+    norm, lo, hi = normalise_scores(lists, 1, 99)
+    flat = np.array([0, 1, 2, 3, 4, 100.0])
+    assert lo == pytest.approx(np.percentile(flat, 1)) and hi == pytest.approx(np.percentile(flat, 99))
+    assert all(0.0 <= x <= 1.0 for row in norm for x in row)
+    assert norm[1][2] == 1.0 and norm[0][0] == 0.0  # clipped at both ends
+    assert norm[0][1] == pytest.approx((1 - lo) / (hi - lo))
+    assert normalise_scores([], 1, 99)[0] == []
+
+
+def test_false_negative_flags_are_relative_to_the_positive():
+    flags = false_negatives(["p", "a", "b", "c"], "p", [0.8, 0.5, 0.47, 0.9], 0.6)
+    assert flags == [False, True, False, True]  # 0.6 * 0.8 = 0.48
+
+
+def test_query_checks():
+    check = check_query(20)
+    row = {"text": "The pump must be primed before first use and never run dry at all."}
+    assert check(row, {"query": "how to prime a pump"}) is None
+    assert check(row, {"query": " ".join(["word"] * 20)}).startswith("too_long")
+    assert check(row, {"query": "must be primed before first use and"}).startswith("copied_passage")
+
+
+def test_examples_file_is_validated(tmp_path):
+    ex = load_examples(QuerygenConfig(user_examples=["cheap pump seal kit"]))
+    assert ex["question"] and ex["user_style"] == [{"passage": "(a passage)", "query": "cheap pump seal kit"}]
+    assert load_examples(QuerygenConfig())["user_style"] == []  # zero-shot
+    bad = tmp_path / "ex.yaml"
+    bad.write_text("question: [just a string]\n")
+    with pytest.raises(ValueError, match="question"):
+        load_examples(QuerygenConfig(examples_file=str(bad)))
+
+
+@pytest.mark.slow
+def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
+    from typer.testing import CliRunner
+
+    import pipelines.cli_data  # noqa: F401
+    from pipelines.cli_app import app
+
+    corpus = tmp_path / "corpus.jsonl"
+    with open(shared_data / "scifact" / "corpus.jsonl") as src:
+        corpus.write_text("".join(next(src) for _ in range(120)))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "querygen", "--corpus", str(corpus), "--out", str(out), "--limit", "12",
+                                   "--set", "querygen.query_types=[question,keywords,title]",
+                                   "--set", "llm.batch_size=12"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages = {s["name"]: s for s in manifest["stages"]}
+    for s in stages.values():
+        assert s["in"] == s["out"] + sum(s["rejected"].values()), s
+    gen, filt = stages["querygen_generate"], stages["querygen_filter"]
+    assert gen["in"] == 12 * 3
+    assert filt["in"] == gen["out"]
+    assert set(filt["rejected"]) <= {"source_not_in_top20", "teacher_prefers_other"}
+    by_type = filt["by_type"]
+    assert set(by_type) <= {"question", "keywords", "title"}
+    assert sum(d["generated"] for d in by_type.values()) == gen["in"]
+    assert sum(d["kept"] for d in by_type.values()) == filt["out"]
+
+    lists = pads.dataset(out / "retrieval_lists").to_table().to_pylist()
+    assert len(lists) == stages["querygen_lists"]["out"] == filt["out"]
+    filtered = {r["query_id"]: r for r in pads.dataset(out / "querygen_filtered").to_table().to_pylist()}
+    for r in lists:
+        assert len(r["candidates"]) == 20 and r["positive"] in r["candidates"]
+        assert len(r["teacher_scores"]) == len(r["false_negative"]) == 20
+        assert all(0.0 <= s <= 1.0 for s in r["teacher_scores"])
+        raw = filtered[r["query_id"]]["raw_scores"]
+        assert int(np.argmax(raw)) == r["candidates"].index(r["positive"])  # teacher's rank 1
+        assert r["false_negative"][r["candidates"].index(r["positive"])] is False
+        assert len(r["query"].split()) < 20

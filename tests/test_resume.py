@@ -1,0 +1,119 @@
+"""Failures mid-stage: a killed driver resumes row by row; a killed LLM actor loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipelines.rundir import Run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_resume_keeps_finished_rows_and_drops_cut_files(ray_local, tmp_path):
+    import pyarrow as pa
+    import ray
+
+    run = Run.open(tmp_path, command="t", config={})
+    with run.stage("s", 1) as rec:
+        staging = run.path(".staging") / "s"
+        staging.mkdir(parents=True, exist_ok=True)
+        pa.parquet.write_table(pa.table({"k": ["a", "b"], "reject_reason": [None, None]}), staging / "old.parquet")
+        (staging / "cut.parquet").write_bytes(b"PAR1 half a file")  # a write cut off by a crash
+        ds = run.resume(rec, ray.data.from_items([{"k": k} for k in "abcd"]), "k")
+        assert sorted(r["k"] for r in ds.take_all()) == ["c", "d"]
+        assert rec.extra["resumed_rows"] == 2 and not (staging / "cut.parquet").exists()
+    with run.stage("s", 2) as rec:  # another fingerprint: a fresh start, nothing kept
+        ds = run.resume(rec, ray.data.from_items([{"k": k} for k in "ab"]), "k")
+        assert ds.count() == 2
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_duplicates(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "ragsynth", "--corpus", str(REPO / "examples" / "corpus"),
+           "--out", str(out), "--limit", "8", "--set", "llm.batch_size=1", "--set", "llm.max_retries=0"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SYNTHRAG_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    staging = out / ".staging" / "ragsynth_clues"
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if staging.is_dir() and len(list(staging.glob("*.parquet"))) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert len(list(staging.glob("*.parquet"))) >= 2, "no rows were written mid-stage"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "running"  # it really died mid-run
+    done_before = {r for f in staging.glob("*.parquet")
+                   for r in pads.dataset(f).to_table(columns=["chunk_id"]).column(0).to_pylist()
+                   if _complete(f)}
+
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert manifest["status"] == "done"
+    for s in stages.values():
+        assert s["in"] == s["out"] + sum(s["rejected"].values()), s
+    clues = stages["ragsynth_clues"]
+    assert clues["in"] == 8
+    assert clues["resumed_rows"] >= len(done_before) >= 2  # finished rows were kept, not recomputed
+    assert "up to date, skipped" in res.stdout  # ingest stages finished before the kill
+    ids = pads.dataset(out / "examples").to_table(columns=["example_id"]).column(0).to_pylist()
+    assert len(ids) == len(set(ids))
+    chunk_rows = pads.dataset(out / "ragsynth_clues").to_table(columns=["chunk_id"]).column(0).to_pylist()
+    rejected = []
+    if (out / "rejects" / "ragsynth_clues").is_dir():
+        rejected = pads.dataset(out / "rejects" / "ragsynth_clues").to_table(columns=["chunk_id"]).column(0).to_pylist()
+    assert len(chunk_rows) + len(rejected) == 8 == len(set(chunk_rows) | set(rejected))
+
+
+def _complete(f: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(f)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+def test_killed_llm_actor_loses_nothing(ray_local, tmp_path):
+    """The first time the actor sees row 'boom' its process dies; Ray restarts it and retries."""
+    import ray
+
+    from actors.llm import LLMConfig, llm_map
+
+    marker = tmp_path / "killed-once"
+
+    def check(row, reply):
+        if row["text"].startswith("Boom") and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)  # a crashed actor (segfault, OOM kill, lost node)
+        return None
+
+    texts = ["Bees make honey from nectar.", "Boom: the fuse blew in the pump house.", "Owls hunt at night."]
+    ds = llm_map(ray.data.from_items([{"text": t} for t in texts]),
+                 llm=LLMConfig(batch_size=1, max_retries=0), prompt="test/echo_question", stage="crash", check=check)
+    out = ds.take_all()
+    assert marker.exists(), "the actor was never killed"
+    assert sorted(r["text"] for r in out) == sorted(texts)
+    for r in out:
+        assert r["reject_reason"] is None, r["reject_detail"]
+        assert json.loads(r["llm_output"])["question"]
