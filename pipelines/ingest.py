@@ -497,7 +497,7 @@ def _contained(batch: pa.Table) -> pa.Table:
     return batch.filter(pa.array(keep, pa.bool_())).select(["a", "b"])
 
 
-def find_duplicates(chunks, cfg: IngestConfig) -> tuple[dict[str, str], dict[str, str]]:
+def find_duplicates(chunks, cfg: IngestConfig, n_rows: int) -> tuple[dict[str, str], dict[str, str]]:
     """Return (exact duplicates: chunk → kept twin, contained: chunk → a chunk containing it).
 
     Everything is a shuffle over small columns (ids, hashes, fingerprints); only the final
@@ -506,15 +506,16 @@ def find_duplicates(chunks, cfg: IngestConfig) -> tuple[dict[str, str], dict[str
     keyed = chunks.select_columns(["chunk_id", "norm"]).map_batches(
         lambda b: b.append_column("h", pa.array([_h64(x) for x in b.column("norm").to_pylist()], pa.int64())),
         batch_format="pyarrow")
-    exact_rows = (keyed.select_columns(["chunk_id", "h"]).groupby("h")
+    # shuffle partitions scale with the data (Ray's default of 200 costs minutes on tiny inputs)
+    n_parts = max(1, min(200, n_rows // 50_000 + 1))
+    exact_rows = (keyed.select_columns(["chunk_id", "h"]).groupby("h", num_partitions=n_parts)
                   .map_groups(_first_of_group, batch_format="pyarrow").take_all())
     exact = {r["chunk_id"]: r["kept"] for r in exact_rows}
     exact_ref = exact  # captured by value in the filter below
     unique = keyed.filter(lambda r: r["chunk_id"] not in exact_ref)
-    n_parts = 4
     prints = unique.map_batches(_fingerprint_rows, fn_kwargs={"n": cfg.shingle_words, "w": cfg.winnow_window},
                                 batch_format="pyarrow")
-    cands = prints.groupby("fp").map_groups(_candidate_pairs, fn_kwargs={"cap": cfg.max_candidates_per_fingerprint},
+    cands = prints.groupby("fp", num_partitions=n_parts).map_groups(_candidate_pairs, fn_kwargs={"cap": cfg.max_candidates_per_fingerprint},
                                             batch_format="pyarrow")
     cands = cands.materialize()  # candidate pairs are few: shared anchors, capped per fingerprint
     if cands.count() == 0:
@@ -546,8 +547,8 @@ def _mark(batch: pa.Table, exact: dict, contained: dict) -> pa.Table:
         REJECT_DETAIL, pa.array(details, pa.string()))
 
 
-def dedupe_chunks(chunks, cfg: IngestConfig):
-    exact, contained = find_duplicates(chunks, cfg) if cfg.dedupe else ({}, {})
+def dedupe_chunks(chunks, cfg: IngestConfig, n_rows: int):
+    exact, contained = find_duplicates(chunks, cfg, n_rows) if cfg.dedupe else ({}, {})
     return chunks.map_batches(_mark, fn_kwargs={"exact": exact, "contained": contained},
                               batch_format="pyarrow")
 
@@ -590,7 +591,7 @@ def ingest(run: Run, corpus: str | Path, cfg: IngestConfig) -> None:
     with run.stage("dedupe", chunk_fp, dd_cfg) as rec:
         if rec is not None:
             chunks = run.read("chunks_raw")
-            run.commit(rec, dedupe_chunks(chunks, cfg), table="chunks", schema=CHUNKS)
+            run.commit(rec, dedupe_chunks(chunks, cfg, run.count("chunks_raw")), table="chunks", schema=CHUNKS)
     with run.stage("sentences", run.stage_record("dedupe")["fingerprint"]) as rec:
         if rec is not None:
             ds = run.read("chunks", columns=["chunk_id", "doc_id", "text", "char_start", "sentences", "sentence_spans"])

@@ -140,7 +140,8 @@ def test_ingest_messy_folder_end_to_end(ray_local, tmp_path):
     assert "café au lait" in cafe["text"] and "française" in cafe["text"]
     big_parts = [d for d in docs if d["source"] == "big.txt"]
     assert len(big_parts) == -(-(corpus / "big.txt").stat().st_size // cfg.shard_bytes)
-    assert max(len(d["text"].encode()) for d in big_parts) <= cfg.shard_bytes  # bounded per task
+    # bounded per task: a shard plus the line that straddles its end
+    assert max(len(d["text"].encode()) for d in big_parts) <= cfg.shard_bytes + 1024
     assert stages["read"]["in"] == len(docs) + len(rej)
 
     dd = pads.dataset(run.path("rejects/dedupe")).to_table(columns=["doc_id", "reject_reason", "reject_detail"]).to_pylist()
