@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "pipelines.cli_data",
     "pipelines.cli_ops",
     "pipelines.cli_generate",
+    "pipelines.cli_eval_retrieval",
 ]
 
 
