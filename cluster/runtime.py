@@ -24,9 +24,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
         configure_logging=True,
     )
     if address is None:
-        # A laptop/CI run: a private local instance without the dashboard (saves ~450 MB).
+        # A laptop/CI run: a private local instance without the dashboard (saves ~450 MB). At
+        # least 4 logical CPUs, so a Serve replica, an actor pool and the read tasks feeding it
+        # can all be scheduled on a 2-core machine instead of waiting on each other.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus or max(4, os.cpu_count() or 1))
     ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("SYNTHRAG_PROGRESS", "1") != "0"
