@@ -87,6 +87,8 @@ def check_query(max_words: int):
             return f"too_long: {len(words)} words (must be under {max_words})"
         if len(words) >= 6 and q.lower() in row["text"].lower():
             return "copied_passage: the query is a verbatim span of the passage"
+        if any(q.lower() == ex["query"].strip().lower() for ex in row.get("examples") or []):
+            return "copied_example: the query repeats a few-shot example"
         return None
     return check
 

@@ -34,6 +34,8 @@ def test_query_checks():
     assert check(row, {"query": "how to prime a pump"}) is None
     assert check(row, {"query": " ".join(["word"] * 20)}).startswith("too_long")
     assert check(row, {"query": "must be primed before first use and"}).startswith("copied_passage")
+    row["examples"] = [{"passage": "x", "query": "Why Do Pumps Fail?"}]
+    assert check(row, {"query": "why do pumps fail?"}).startswith("copied_example")
 
 
 def test_examples_file_is_validated(tmp_path):
