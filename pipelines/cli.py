@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "pipelines.cli_generate",
     "pipelines.cli_eval_retrieval",
     "pipelines.cli_train_generator",
+    "pipelines.cli_serve",
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 import yaml
+from pydantic import ValidationError
 
 from pipelines.cli_app import serve_app
 
@@ -27,10 +28,12 @@ def _load_config(path: Optional[Path]) -> dict:
 
 @serve_app.command("teacher")
 def serve_teacher(
-    model: str = typer.Option("embedded", "--model", help="'embedded' (LLM judge on SmolLM2-135M), "
+    model: Optional[str] = typer.Option(None, "--model", help="'embedded' (default: LLM judge on SmolLM2-135M), "
                               "a cross-encoder directory, or a causal-LM directory (LLM judge)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="HTTP host (0.0.0.0 to listen on all interfaces)."),
-    port: int = typer.Option(8000, "--port", help="HTTP port of Ray Serve."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="LLM judge scoring: 'yes-no' (P(yes), default) "
+                                        "or 'query-likelihood' (p(query | passage), stronger on small LLMs)."),
+    host: Optional[str] = typer.Option(None, "--host", help="HTTP host (default 127.0.0.1; 0.0.0.0 for all interfaces)."),
+    port: Optional[int] = typer.Option(None, "--port", help="HTTP port of Ray Serve (default 8000)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="SYNTHRAG_TEACHER_TOKEN",
                                         help="Bearer token required on POST /score (env SYNTHRAG_TEACHER_TOKEN)."),
     min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="Autoscaling minimum (default 1)."),
@@ -51,11 +54,15 @@ def serve_teacher(
     from actors.teacher import TeacherConfig, start_teacher
 
     fields = _load_config(config)
-    flags = dict(model=model, host=host, port=port, token=token, min_replicas=min_replicas,
+    flags = dict(model=model, judge=judge, host=host, port=port, token=token, min_replicas=min_replicas,
                  max_replicas=max_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
                  max_passages=max_passages, max_batch_size=max_batch_size)
     fields.update({k: v for k, v in flags.items() if v is not None})
-    cfg = TeacherConfig.model_validate(fields)
+    try:
+        cfg = TeacherConfig.model_validate(fields)
+    except ValidationError as e:
+        typer.echo(f"invalid teacher config: {e}", err=True)
+        raise typer.Exit(2) from None
 
     stop = threading.Event()
     previous = {}
