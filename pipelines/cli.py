@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "pipelines.cli_eval_retrieval",
     "pipelines.cli_train_generator",
     "pipelines.cli_serve",
+    "pipelines.cli_train_retriever",
 ]
 
 

@@ -1,0 +1,135 @@
+"""GradCache is exact: parameter gradients equal the uncached full-batch computation, for every
+loss, on one worker and on two gloo workers under DDP (in-batch negatives gathered across them).
+
+The model is a tiny BERT built from a config (with the packaged MiniLM tokenizer) wrapped as a
+SentenceTransformer, without dropout so the uncached reference sees the same network, in float64 so that the
+comparison is tight (rtol 1e-7) despite the 1/0.01 temperature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.gradcache import GradCache, TextBatch, full_batch_loss
+from training.losses import make_loss
+
+LOSSES = ["contrastive", "listwise", "combined", "pairwise"]
+QUERIES = ["who wrote the origin of species", "boiling point of water at sea level",
+           "largest planet in the solar system", "what do bees make"]
+PASSAGES = [
+    ["Charles Darwin published On the Origin of Species in 1859.", "Alfred Wallace studied islands.",
+     "The Beagle sailed around the world.", "Gregor Mendel bred peas."],
+    ["Water boils at 100 degrees Celsius at sea level.", "Ice melts at zero degrees.",
+     "Mountains have lower air pressure.", ""],
+    ["Jupiter is the largest planet of the solar system.", "Saturn has rings.",
+     "Charles Darwin published On the Origin of Species in 1859.", "Mars is red."],
+    ["Bees make honey from nectar.", "Wasps eat insects.", "Flowers produce nectar.",
+     "Honey never spoils, archaeologists say."],
+]
+
+
+def tiny_sentence_transformer(path: Path) -> str:
+    """A 2-layer, 32-dim BERT sentence-transformer saved under ``path`` (seeded, no dropout)."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from actors.models import embedded_embedder_dir
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_embedder_dir()))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path / "bert")
+    tok.save_pretrained(path / "bert")
+    st = SentenceTransformer(modules=[models.Transformer(str(path / "bert"), max_seq_length=64),
+                                      models.Pooling(32, "mean")], device="cpu")
+    st.save(str(path / "st"))
+    return str(path / "st")
+
+
+def make_batch(rows: slice = slice(None)) -> TextBatch:
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.bool)
+    ids = torch.arange(16).reshape(4, 4)
+    ids[2, 2] = ids[0, 0]  # query 2's candidate is query 0's positive: not a negative for query 0
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.rand(4, 4, generator=g)
+    teacher[:, 0] = 1.0
+    labels = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0],
+                           [1.0, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.2]])
+    return TextBatch(queries=QUERIES[rows], passages=PASSAGES[rows], mask=mask[rows],
+                     passage_ids=ids[rows], teacher=teacher[rows], labels=labels[rows])
+
+
+def reference_grads(model, loss_name: str) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    full_batch_loss(model, make_loss(loss_name), make_batch()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def cached_grads(model, loss_name: str, chunk_size: int, rows=slice(None),
+                 loss_chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    gc = GradCache(model, make_loss(loss_name), chunk_size=chunk_size, loss_chunk_size=loss_chunk_size)
+    loss = gc.step(make_batch(rows))
+    assert loss == pytest.approx(gc.loss_value(make_batch(rows)), rel=1e-9)
+    inner = model.module if hasattr(model, "module") else model
+    return {n: p.grad.clone() for n, p in inner.named_parameters() if p.grad is not None}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-7, atol=1e-9), name
+    assert any(w.abs().max() > 0 for w in want.values())
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return tiny_sentence_transformer(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("loss_name", LOSSES)
+def test_one_worker_gradients_equal_uncached(model_dir, loss_name):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, device="cpu").double().eval()
+    want = reference_grads(model, loss_name)
+    for chunk_size, loss_chunk_size in ((1, None), (5, None), (5, 1), (7, 3)):
+        assert_same(cached_grads(model, loss_name, chunk_size, loss_chunk_size=loss_chunk_size), want)
+
+
+def _worker(rank: int, world: int, init_file: str, model_dir: str, out: str) -> None:
+    import torch.distributed as dist
+    from sentence_transformers import SentenceTransformer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = SentenceTransformer(model_dir, device="cpu").double().eval()
+    ddp = DDP(model, find_unused_parameters=True)
+    half = 4 // world
+    rows = slice(rank * half, (rank + 1) * half)
+    grads = {(name, loss_chunk): cached_grads(ddp, name, chunk_size=3, rows=rows,
+                                              loss_chunk_size=loss_chunk)
+             for name in LOSSES for loss_chunk in (None, 1)}
+    if rank == 0:
+        torch.save(grads, out)
+    dist.destroy_process_group()
+
+
+def test_two_workers_ddp_gradients_equal_single_process_full_batch(model_dir, tmp_path):
+    import torch.multiprocessing as mp
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "grads.pt"
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), model_dir, str(out)), nprocs=2,
+                       join=True, start_method="spawn")
+    got = torch.load(out)
+    model = SentenceTransformer(model_dir, device="cpu").double().eval()
+    for (name, _), grads in got.items():
+        assert_same(grads, reference_grads(model, name))
+    assert len(got) == 2 * len(LOSSES)

@@ -1,0 +1,203 @@
+"""`synthrag train retriever`: input shapes, and a 2-worker CPU run that is killed after its first
+checkpoint, resumes from it when rerun, stops early and exports a loadable model.
+
+The base model is a tiny BERT sentence-transformer built from a config (seconds per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipelines.schema import RETRIEVAL_LISTS, to_table
+from training.retriever import DataError, fixed_width, read_lists, split_by_query
+
+REPO = Path(__file__).resolve().parents[1]
+ANIMALS = ["cat", "dog", "owl", "fox", "bee", "eel", "elk", "yak", "ant", "bat", "cod", "emu"]
+FACTS = ["eats fish", "sleeps at night", "lives in forests", "can swim", "has a long tail",
+         "builds nests", "hunts mice", "migrates south"]
+
+
+def tiny_sentence_transformer(path: Path) -> str:
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from actors.models import embedded_embedder_dir
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_embedder_dir()))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path / "bert")
+    tok.save_pretrained(path / "bert")
+    SentenceTransformer(modules=[models.Transformer(str(path / "bert"), max_seq_length=64),
+                                 models.Pooling(32, "mean")], device="cpu").save(str(path / "st"))
+    return str(path / "st")
+
+
+def list_rows(n_facts: int = 3) -> list[dict]:
+    rnd = random.Random(0)
+    rows = []
+    for a in ANIMALS:
+        for f in FACTS[:n_facts]:
+            pos = f"The {a} {f}, a well known trait of the {a}."
+            negs = [f"The {rnd.choice(ANIMALS)} {rnd.choice(FACTS)}." for _ in range(6)]
+            cands = negs[:2] + [pos] + negs[2:]
+            teacher = [round(rnd.random() * 0.5, 3) for _ in cands]
+            teacher[2] = 1.0
+            rows.append({"query": f"which animal {f} like the {a}?", "positive": pos,
+                         "candidates": cands, "teacher_scores": teacher})
+    return rows
+
+
+# ------------------------------------------------------------------ input shapes (no Ray)
+def test_run_directory_and_inline_file_give_the_same_lists(tmp_path):
+    inline = [{"query": "q1", "positive": "alpha text", "candidates": ["beta", "alpha text", "gamma"],
+               "teacher_scores": [0.7, 1.0, 0.2], "false_negative": [False, False, True]}]
+    (tmp_path / "lists.jsonl").write_text("\n".join(json.dumps(r) for r in inline))
+    run = tmp_path / "run"
+    (run / "chunks").mkdir(parents=True)
+    (run / "retrieval_lists").mkdir()
+    # only chunk_id and text are read from chunks/ (the other CHUNKS columns are not needed)
+    pairs = (("c1", "alpha text"), ("c2", "beta"), ("c3", "gamma"), ("c4", "unused"))
+    pq.write_table(pa.table({"chunk_id": [c for c, _ in pairs], "text": [t for _, t in pairs]}),
+                   run / "chunks" / "part-0.parquet")
+    lists = [{"query_id": "x", "query": "q1", "query_type": "keyword", "positive": "c1",
+              "candidates": ["c2", "c1", "c3"], "teacher_scores": [0.7, 1.0, 0.2],
+              "false_negative": [False, False, True], "labels": None}]
+    pq.write_table(to_table(lists, RETRIEVAL_LISTS), run / "retrieval_lists" / "part-0.parquet")
+
+    for path in (tmp_path / "lists.jsonl", run):
+        rows = read_lists(path)
+        assert rows[0]["texts"] == ["beta", "alpha text", "gamma"] and rows[0]["positive"] == 1
+        table = fixed_width(rows, negatives=3, fn_fraction=0.6, need_teacher=True)
+        row = table.to_pylist()[0]
+        # positive first; "beta" (0.7 > 0.6 × 1.0) is a teacher false negative, "gamma" is flagged
+        assert row["passages"] == ["alpha text", "", "", ""]
+        assert row["valid"] == [True, False, False, False]
+    # without the teacher threshold only the flagged candidate goes
+    row = fixed_width(read_lists(run), negatives=1, fn_fraction=None, need_teacher=True).to_pylist()[0]
+    assert row["passages"] == ["alpha text", "beta"] and row["teacher"] == pytest.approx([1.0, 0.7])
+
+
+def test_bad_inputs_fail_with_clear_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "positive": "p", "candidates": ["a", "b"]}))
+    with pytest.raises(DataError, match="positive is not among the candidates"):
+        read_lists(bad)
+    bad.write_text(json.dumps({"query": "q", "positive": "a", "candidates": ["a", "b"],
+                               "teacher_scores": [1.0]}))
+    with pytest.raises(DataError, match="teacher_scores has 1 values for 2 candidates"):
+        read_lists(bad)
+    bad.write_text(json.dumps({"query": "q", "positive": "a", "candidates": ["a", "b"]}))
+    with pytest.raises(DataError, match="no teacher_scores"):
+        fixed_width(read_lists(bad), negatives=1, fn_fraction=0.6, need_teacher=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a run directory"):
+        read_lists(tmp_path / "empty")
+
+
+def test_split_is_by_query_and_deterministic():
+    rows = [{"query_id": str(i), "query": f"q{i % 20}", "positive": 0, "texts": ["p", "n"],
+             "ids": [1, 2], "teacher_scores": [1.0, 0.1], "false_negative": None, "labels": None}
+            for i in range(60)]
+    table = fixed_width(rows, negatives=1, fn_fraction=0.6, need_teacher=True)
+    train, dev = split_by_query(table, dev_fraction=0.1, min_dev=1)
+    again = split_by_query(table, dev_fraction=0.1, min_dev=1)[1]
+    assert dev.column("query").to_pylist() == again.column("query").to_pylist()
+    assert len(set(dev.column("query").to_pylist())) == 2
+    assert not set(dev.column("query").to_pylist()) & set(train.column("query").to_pylist())
+    assert train.num_rows + dev.num_rows == 60
+
+
+# ------------------------------------------------------------------ the 2-worker run
+CLI = ("import pipelines.cli_train_retriever; from pipelines.cli_app import app; "
+       "app(prog_name='synthrag')")
+
+
+def _train_cmd(data: Path, base: str, out: Path) -> list[str]:
+    return [sys.executable, "-c", CLI, "train", "retriever", "--data", str(data), "--base", base,
+            "--out", str(out), "--workers", "2", "--batch-size", "8", "--chunk-size", "16",
+            "--epochs", "10", "--lr", "1e-3", "--negatives", "5", "--loss", "combined",
+            # no later epoch counts as an improvement: early stopping after epoch 1 + patience 2
+            "--min-delta", "1e9"]
+
+
+def test_two_worker_run_resumes_after_kill_stops_early_and_exports(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    base = tiny_sentence_transformer(tmp_path / "base")
+    data = tmp_path / "lists.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in list_rows()) + "\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "SYNTHRAG_PROGRESS": "0", "RAY_AUTH_MODE": "disabled",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RAY_ADDRESS", None)
+    cmd = _train_cmd(data, base, out)
+
+    # 1. start, and interrupt once Ray Train has registered the first checkpoint
+    snapshot = out / "ray" / "retriever" / "checkpoint_manager_snapshot.json"
+    with open(tmp_path / "run1.log", "w") as log:
+        first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        deadline = time.time() + 420
+        while not snapshot.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert snapshot.exists(), (tmp_path / "run1.log").read_text()[-3000:]
+        os.killpg(first.pid, signal.SIGINT)
+        try:
+            first.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert not (out / "metrics.json").exists()  # it did not finish
+
+    # 2. the same command again: resumes from the checkpoint, early-stops, exports
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["starts"][0] == 1 and len(metrics["starts"]) == 2
+    assert metrics["starts"][1] >= 2  # continued after the checkpoint, not from epoch 1
+    assert metrics["stopped_early"] and metrics["epochs_run"] == 3 < 10
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert all(h["dev_loss"] > 0 and h["train_loss"] > 0 for h in metrics["history"])
+    assert metrics["best_epoch"] == summary["best_epoch"] == 1
+    assert metrics["steps"] == 3 * (32 // 8)  # 32 train lists, batches of 8 queries
+
+    # 3. the export is a sentence-transformers model with the best checkpoint's weights
+    trained = SentenceTransformer(str(out), device="cpu")
+    emb = trained.encode(["which animal eats fish like the cat?", "The cat eats fish."])
+    assert emb.shape == (2, 32) and abs(emb).sum() > 0
+    before = SentenceTransformer(base, device="cpu").encode(["The cat eats fish."])
+    assert abs(emb[1] - before[0]).max() > 1e-4  # training changed the model
+
+
+def test_cli_rejects_bad_input_before_starting_ray(tmp_path):
+    import ray
+    from typer.testing import CliRunner
+
+    import pipelines.cli_train_retriever  # noqa: F401  (registers the command)
+    from pipelines.cli_app import app
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "positive": "p", "candidates": ["a", "b"]}) + "\n")
+    args = ["train", "retriever", "--data", str(bad), "--base", "embedded", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "positive is not among the candidates" in result.output
+    result = CliRunner().invoke(app, args + ["--loss", "triplet"])
+    assert result.exit_code == 2 and "loss" in result.output
+    assert not ray.is_initialized()
