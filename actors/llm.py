@@ -458,14 +458,18 @@ class LLMActor:
 
 
 def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, check: Check | None = None,
-            prompt_search: list[str] | None = None, prompt_key: str | None = None):
+            prompt_search: list[str] | None = None, prompt_key: str | None = None, rows: int | None = None):
     """Run ``prompt`` over every row of a Ray dataset with an autoscaling LLM actor pool.
 
     Actors are restarted by Ray if they crash and their batches retried; rows that still fail
-    come back with ``reject_reason`` set (see :class:`LLMActor`).
+    come back with ``reject_reason`` set (see :class:`LLMActor`). Given the number of ``rows``,
+    the input is cut into blocks of about one batch (at most 2,000 blocks), so finished rows
+    reach the writer, and disk, while the stage runs: what a crash can lose is bounded.
     """
     import ray.data
 
+    if rows:
+        ds = ds.repartition(max(1, min(2000, -(-rows // llm.batch_size))))
     lo, hi = llm.concurrency
     return ds.map_batches(
         LLMActor,

@@ -206,7 +206,7 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
             ds = run.resume(rec, ds, "gen_key").map_batches(_parse_examples, batch_format="pyarrow")
             ds = llm_map(ds, llm=llm, prompt={t: f"querygen/{t}" for t in qg.query_types}, prompt_key="query_type",
                          stage="querygen_generate", check=check_query(qg.max_query_words),
-                         prompt_search=cfg.prompt_search())
+                         prompt_search=cfg.prompt_search(), rows=len(ids) * len(qg.query_types))
             run.commit(rec, ds.map_batches(_queries, batch_format="pyarrow"), table="querygen_queries")
             rec.extra["passages"] = len(ids)
 

@@ -187,22 +187,24 @@ def single_hop(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
     with run.stage("ragsynth_clues", chunk_fp, limit, cfg.seed, llm_fp, rs.model_dump(), search) as rec:
         if rec is not None:
             chunks = run.read("chunks")
+            n = run.count("chunks")
             if limit:
                 wanted = set(run.sample_keys("chunks", "chunk_id", limit, cfg.seed))
                 chunks = chunks.filter(lambda r: r["chunk_id"] in wanted)
+                n = len(wanted)
             ds = run.resume(rec, chunks, "chunk_id").map_batches(_clue_inputs, fn_kwargs={"max_sentences": rs.max_sentences_per_chunk,
                                                              "max_clues": rs.max_clues,
                                                              "min_support": rs.min_support},
                                  batch_format="pyarrow")
             ds = llm_map(ds, llm=llm, prompt="ragsynth/clues", stage="ragsynth_clues", check=check_clues,
-                         prompt_search=search)
+                         prompt_search=search, rows=n)
             run.commit(rec, ds, table="ragsynth_clues")
 
     with run.stage("ragsynth_qa", run.stage_record("ragsynth_clues")["fingerprint"]) as rec:
         if rec is not None:
             ds = run.resume(rec, run.read("ragsynth_clues"), "chunk_id").map_batches(_qa_inputs, batch_format="pyarrow")
             ds = llm_map(ds, llm=llm, prompt="ragsynth/qa", stage="ragsynth_qa", check=check_qa,
-                         prompt_search=search)
+                         prompt_search=search, rows=run.count("ragsynth_clues"))
             run.commit(rec, ds, table="ragsynth_qa")
 
     with run.stage("ragsynth_cite", run.stage_record("ragsynth_qa")["fingerprint"], rs.min_support) as rec:

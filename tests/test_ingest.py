@@ -146,9 +146,9 @@ def test_ingest_messy_folder_end_to_end(ray_local, tmp_path):
 
     dd = pads.dataset(run.path("rejects/dedupe")).to_table(columns=["doc_id", "reject_reason", "reject_detail"]).to_pylist()
     reasons = {d["doc_id"]: d["reject_reason"] for d in dd if not d["doc_id"].startswith("big.txt")}
-    assert reasons.get("reservoir-copy.md") == "exact_duplicate"
+    twins = {"reservoir.md", "reservoir-copy.md"}
+    assert sorted(reasons.get(t) for t in twins if t in reasons) == ["exact_duplicate"]  # one copy kept
     assert reasons.get("excerpt.txt") == "contained_in_other_chunk"
-    assert "reservoir.md" not in reasons
     # the big file repeats itself: every chunk text is kept exactly once
     chunks = pads.dataset(run.path("chunks")).to_table(columns=["chunk_id", "doc_id", "text"]).to_pylist()
     norms = [normalise(c["text"]) for c in chunks]
