@@ -44,20 +44,27 @@ def finish(run, t0: float) -> None:
     typer.echo(json.dumps({"run": str(run.root), "stages": summary}, indent=1))
 
 
-@app.command()
-def ingest(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] = ConfigOpt,
-           set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help), address: Optional[str] = AddressOpt):
-    """Read, clean, chunk, deduplicate and sentence-split a corpus into RUN/."""
+def execute(command: str, corpus: Path, out: Path, config, overrides, address, method=None, limit=None) -> None:
+    """Ingest the corpus, then run ``method(run, cfg, limit=...)``; the manifest records failure."""
     from pipelines.ingest import ingest as run_ingest
 
     t0 = time.perf_counter()
-    cfg, run = open_run(out, "ingest", config, set_, address)
+    cfg, run = open_run(out, command, config, overrides, address)
     try:
         run_ingest(run, corpus, cfg.ingest)
+        if method is not None:
+            method(run, cfg, limit=limit)
     except BaseException:
         run.finish("failed")
         raise
     finish(run, t0)
+
+
+@app.command()
+def ingest(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] = ConfigOpt,
+           set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help), address: Optional[str] = AddressOpt):
+    """Read, clean, chunk, deduplicate and sentence-split a corpus into RUN/."""
+    execute("ingest", corpus, out, config, set_, address)
 
 
 @run_app.command("ragsynth")
@@ -66,18 +73,9 @@ def run_ragsynth(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[
                  set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help),
                  address: Optional[str] = AddressOpt):
     """RAGSynth: ingest, then QA whose answers cite the exact source sentences."""
-    from pipelines.ingest import ingest as run_ingest
     from pipelines.ragsynth import single_hop
 
-    t0 = time.perf_counter()
-    cfg, run = open_run(out, "run ragsynth", config, set_, address)
-    try:
-        run_ingest(run, corpus, cfg.ingest)
-        single_hop(run, cfg, limit=limit)
-    except BaseException:
-        run.finish("failed")
-        raise
-    finish(run, t0)
+    execute("run ragsynth", corpus, out, config, set_, address, single_hop, limit)
 
 
 @run_app.command("querygen")
@@ -86,15 +84,6 @@ def run_querygen(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[
                  set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help),
                  address: Optional[str] = AddressOpt):
     """Query distillation: six query types per passage, retriever + teacher filtering, scored lists."""
-    from pipelines.ingest import ingest as run_ingest
     from pipelines.querygen import querygen
 
-    t0 = time.perf_counter()
-    cfg, run = open_run(out, "run querygen", config, set_, address)
-    try:
-        run_ingest(run, corpus, cfg.ingest)
-        querygen(run, cfg, limit=limit)
-    except BaseException:
-        run.finish("failed")
-        raise
-    finish(run, t0)
+    execute("run querygen", corpus, out, config, set_, address, querygen, limit)
