@@ -46,7 +46,7 @@ class LLMConfig(BaseModel):
     timeout_s: float = 120.0
     batch_size: int = Field(8, ge=1)
     concurrency: tuple[int, int] = (1, 1)  # actor pool min..max
-    num_cpus: float = 1.0
+    num_cpus: float = 2.0  # per actor; also its torch threads (the embedded model uses both cores of a laptop)
     num_gpus: float = 0.0
     tensor_parallel_size: int = Field(1, ge=1)
     dtype: str = "auto"

@@ -69,7 +69,21 @@ def serve_teacher(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    from cluster.runtime import connect
+    from ray.serve.context import _get_global_client
+
     ray_was_running = ray.is_initialized()
+    connect(address)
+    running = _get_global_client(raise_if_no_controller_running=False)
+    if running is not None and (running.http_config.host, running.http_config.port) != (cfg.host, cfg.port):
+        http = running.http_config
+        typer.echo(f"Ray Serve already runs in this cluster with HTTP on {http.host}:{http.port}; "
+                   f"serve the teacher there (--host {http.host} --port {http.port}) or stop Serve first",
+                   err=True)
+        if not ray_was_running:
+            ray.shutdown()
+        raise typer.Exit(2)
+    owns_serve = running is None  # stop Serve on exit only if this command started it
     try:
         start_teacher(cfg, address=address)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
@@ -79,7 +93,10 @@ def serve_teacher(
             pass
         typer.echo("stopping teacher", err=True)
     finally:
-        serve.shutdown()
+        if owns_serve:
+            serve.shutdown()
+        else:
+            serve.delete(cfg.app_name)
         if not ray_was_running:
             ray.shutdown()
         for sig, handler in previous.items():

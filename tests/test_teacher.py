@@ -155,6 +155,12 @@ def test_cli_serves_until_sigint(ray_local):
     bad = CliRunner().invoke(app, ["serve", "teacher", "--judge", "bogus"])
     assert bad.exit_code == 2 and "invalid teacher config" in bad.output
 
+    # Serve already running on another port (another app's): a clear refusal, not a silent clash.
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    clash = CliRunner().invoke(app, ["serve", "teacher", "--port", str(free_port())])
+    assert clash.exit_code == 2 and "already runs in this cluster" in clash.output
+    serve.shutdown()
+
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     seen: dict = {}
