@@ -84,6 +84,10 @@ class Engine(Protocol):
     def choice_logprobs(self, messages: list[Messages], choices: list[str]) -> list[list[float]]:
         """Log-probability of each choice as the reply (teacher-forced, summed over tokens)."""
 
+    def score(self, messages: list[Messages], continuations: list[list[str]]) -> list[list[tuple[float, int]]]:
+        """(summed log-probability, token count) of each message's own continuations as the
+        reply. Engines without full log-probs raise ``NotImplementedError``."""
+
 
 class TransformersEngine:
     """transformers on CPU or GPU; the embedded default runs here."""
@@ -164,23 +168,32 @@ class TransformersEngine:
         return [prefix + t for t in texts]
 
     def choice_logprobs(self, messages, choices):
+        return [[lp for lp, _ in row] for row in self.score(messages, [choices] * len(messages))]
+
+    def score(self, messages, continuations, batch_size: int = 8):
+        """Teacher-forced: one forward pass per (context, continuation) pair, right-padded in
+        batches of ``batch_size`` pairs."""
         torch = self.torch
-        out = []
+        pairs = []  # (message index, context ids, continuation ids)
+        for i, (m, conts) in enumerate(zip(messages, continuations, strict=True)):
+            ctx = self._prompt_ids(m, "")
+            pairs += [(i, ctx, self.tok(c, add_special_tokens=False)["input_ids"]) for c in conts]
+        flat: list[tuple[float, int]] = []
+        pad = self.tok.pad_token_id
         with torch.inference_mode():
-            for m in messages:
-                ctx = self._prompt_ids(m, "")
-                conts = [self.tok(c, add_special_tokens=False)["input_ids"] for c in choices]
-                seqs = [ctx + c for c in conts]
-                width = max(len(s) for s in seqs)
-                pad = self.tok.pad_token_id
-                ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
-                mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
+            for b in range(0, len(pairs), batch_size):
+                chunk = pairs[b:b + batch_size]
+                seqs = [ctx + c for _, ctx, c in chunk]
+                width = max(len(q) for q in seqs)
+                ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=self.device)
+                mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=self.device)
                 logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-                row = []
-                for i, c in enumerate(conts):
+                for j, (_, ctx, c) in enumerate(chunk):
                     pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=self.device)
-                    row.append(float(logp[i, pos, torch.tensor(c, device=self.device)].sum()))
-                out.append(row)
+                    flat.append((float(logp[j, pos, torch.tensor(c, device=self.device)].sum()), len(c)))
+        out: list[list[tuple[float, int]]] = [[] for _ in messages]
+        for (i, _, _), r in zip(pairs, flat):
+            out[i].append(r)
         return out
 
 
@@ -232,24 +245,28 @@ class VLLMEngine:
         return [o.outputs[0].text for o in outs]
 
     def choice_logprobs(self, messages, choices):
+        return [[lp for lp, _ in row] for row in self.score(messages, [choices] * len(messages))]
+
+    def score(self, messages, continuations):
+        """Prompt log-probs of context + continuation (``prompt_logprobs=0`` returns the
+        actual token's log-prob at every prompt position)."""
+        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         tok = self.llm.get_tokenizer()
         prompts, spans = [], []
-        for m in messages:
+        for i, (m, conts) in enumerate(zip(messages, continuations, strict=True)):
             ctx = tok.apply_chat_template(m, tokenize=True, add_generation_prompt=True)
-            for c in choices:
+            for c in conts:
                 cont = tok(c, add_special_tokens=False)["input_ids"]
                 prompts.append(TokensPrompt(prompt_token_ids=list(ctx) + cont))
-                spans.append((len(ctx), cont))
-        from vllm import SamplingParams
-
+                spans.append((i, len(ctx), cont))
         outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
-        flat = []
-        for o, (start, cont) in zip(outs, spans):
-            flat.append(sum(o.prompt_logprobs[start + i][t].logprob for i, t in enumerate(cont)))
-        k = len(choices)
-        return [flat[i:i + k] for i in range(0, len(flat), k)]
+        out: list[list[tuple[float, int]]] = [[] for _ in messages]
+        for o, (i, start, cont) in zip(outs, spans):
+            lp = sum(o.prompt_logprobs[start + j][t].logprob for j, t in enumerate(cont))
+            out[i].append((lp, len(cont)))
+        return out
 
 
 class OpenAIEngine:
@@ -301,6 +318,10 @@ class OpenAIEngine:
                 table[key] = max(table.get(key, -math.inf), t["logprob"])
             out.append([table.get(c.strip().lower(), -math.inf) for c in choices])
         return out
+
+    def score(self, messages, continuations):
+        raise NotImplementedError("the openai engine has no teacher-forced log-probs of a whole "
+                                  "continuation; use a yes-no judge, or the transformers/vllm engine")
 
 
 def make_engine(cfg: LLMConfig) -> Engine:
@@ -383,6 +404,8 @@ class LLMActor:
 
     def _attempt(self, rows: list[dict], attempt: int, prompt: Prompt) -> list[tuple[Any, str, str | None]]:
         """One generation over ``rows``: (parsed or None, raw, error or None) per row."""
+        if prompt.continuations is not None:
+            return self._score(rows, prompt)
         sampling = prompt.sampling
         if self.cfg.max_tokens:
             sampling = sampling.model_copy(update={"max_tokens": self.cfg.max_tokens})
@@ -408,6 +431,28 @@ class LLMActor:
             results.append((obj if err is None else None, raw, err))
         return results
 
+    def _score(self, rows: list[dict], prompt: Prompt) -> list[tuple[Any, str, str | None]]:
+        """A scoring prompt: the reply is ``{"logprobs": [...], "tokens": [...]}``, one entry per
+        continuation (teacher-forced, summed over its tokens). Deterministic, so never retried."""
+        try:
+            msgs = [prompt.messages(r) for r in rows]
+            scored = self.engine.score(msgs, [prompt.render_continuations(r) for r in rows])
+        except NotImplementedError:
+            raise
+        except Exception as e:
+            if len(rows) == 1:
+                return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300])]
+            return [r for row in rows for r in self._score([row], prompt)]
+        results = []
+        for row, pairs in zip(rows, scored):
+            obj = {"logprobs": [lp for lp, _ in pairs], "tokens": [n for _, n in pairs]}
+            try:
+                err = self.check(row, obj) if self.check else None
+            except Exception as e:
+                err = f"check_failed: {type(e).__name__}: {e}"
+            results.append((obj if err is None else None, json.dumps(obj), err))
+        return results
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         n = len(rows)
@@ -427,8 +472,8 @@ class LLMActor:
                 res = self._attempt([rows[i] for i in group], attempt, self.prompts[k])
                 for i, (obj, raw, err) in zip(group, res):
                     done[i] = (obj, raw, err, attempt + 1)
-                    if err is not None:
-                        still.append(i)
+                    if err is not None and self.prompts[k].continuations is None:
+                        still.append(i)  # a scoring prompt is deterministic: no retry
             pending = still
         out_cols: dict[str, list] = {k: [] for k in
                                      (OUTPUT, RAW, "stage", "prompt_id", "model", "seed", "attempts",

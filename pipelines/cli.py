@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "pipelines.cli_ops",
     "pipelines.cli_generate",
     "pipelines.cli_eval_retrieval",
+    "pipelines.cli_eval_generator",
     "pipelines.cli_train_generator",
     "pipelines.cli_serve",
     "pipelines.cli_train_retriever",

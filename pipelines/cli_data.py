@@ -72,10 +72,10 @@ def run_ragsynth(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[
                  limit: Optional[int] = typer.Option(None, "--limit", help="Cap the chunks sent to the LLM."),
                  set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help),
                  address: Optional[str] = AddressOpt):
-    """RAGSynth: ingest, then QA whose answers cite the exact source sentences."""
-    from pipelines.ragsynth import single_hop
+    """RAGSynth: single- and multi-hop QA citing source sentences, rewrites, completeness variants, exports."""
+    from pipelines.ragsynth import ragsynth
 
-    execute("run ragsynth", corpus, out, config, set_, address, single_hop, limit)
+    execute("run ragsynth", corpus, out, config, set_, address, ragsynth, limit)
 
 
 @run_app.command("querygen")

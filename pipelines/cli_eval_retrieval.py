@@ -19,8 +19,11 @@ from pipelines.cli_app import eval_app
 
 @eval_app.command("retrieval")
 def eval_retrieval(
-    beir: Path = typer.Option(..., "--beir", exists=True, file_okay=False,
-                              help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv"),
+    beir: Optional[Path] = typer.Option(None, "--beir", exists=True, file_okay=False,
+                                        help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv"),
+    run: Optional[Path] = typer.Option(None, "--run", exists=True, file_okay=False,
+                                       help="a RAGSynth run: metrics per query type (original, rewrite, partial) "
+                                            "on RUN/exports/beir"),
     model: str = typer.Option("embedded", "--model",
                               help="local sentence-transformers directory, or 'embedded'"),
     split: str = typer.Option("test", "--split", help="qrels split to evaluate"),
@@ -36,22 +39,29 @@ def eval_retrieval(
     index: str = typer.Option("auto", "--index", help="auto | flat | ivf | hnsw"),
     tag: str = typer.Option("synthrag", "--tag", help="run tag in the TREC file"),
 ) -> None:
-    """Evaluate a bi-encoder on a BEIR folder (NDCG@10, Recall@100, MRR@10, P@3)."""
+    """Evaluate a bi-encoder on a BEIR folder or a RAGSynth run (NDCG@10, Recall@100, MRR@10, P@3)."""
     from actors.embedder import EmbedderSettings
-    from pipelines.eval_retrieval import evaluate_beir, write_trec_run
+    from pipelines.eval_retrieval import evaluate_beir, evaluate_run, write_trec_run
     from pipelines.index import IndexConfig
 
+    if (beir is None) == (run is None):
+        raise typer.BadParameter("give exactly one of --beir DIR and --run RUN")
     settings = EmbedderSettings(model=model, query_prefix=query_prefix,
                                 passage_prefix=passage_prefix, batch_size=batch_size,
                                 cpu_bf16=bf16)
     t0 = time.perf_counter()
-    metrics, ranking = evaluate_beir(beir, split=split, settings=settings, k=k,
-                                     index_config=IndexConfig(kind=index))
-    result = {**metrics, "model": model, "beir": str(beir), "split": split, "k": k,
-              "seconds": round(time.perf_counter() - t0, 1)}
+    if run is not None:
+        by_type, ranking = evaluate_run(run, settings=settings, k=k, index_config=IndexConfig(kind=index))
+        result = {**by_type, "model": model, "run": str(run), "k": k,
+                  "seconds": round(time.perf_counter() - t0, 1)}
+    else:
+        metrics, ranking = evaluate_beir(beir, split=split, settings=settings, k=k,
+                                         index_config=IndexConfig(kind=index))
+        result = {**metrics, "model": model, "beir": str(beir), "split": split, "k": k,
+                  "seconds": round(time.perf_counter() - t0, 1)}
     if save_run is not None:
         write_trec_run(ranking, save_run, tag=tag)
-        result["run"] = str(save_run)
+        result["run_file"] = str(save_run)
     text = json.dumps(result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -175,3 +175,25 @@ def evaluate_beir(beir_dir: str | Path, *, split: str = "test",
                        model=model)
     metrics = evaluate(None, qrels, ranking)
     return metrics, ranking
+
+
+RUN_SPLITS = ("original", "rewrite", "partial")
+
+
+def evaluate_run(run_dir: str | Path, *, settings: EmbedderSettings | None = None, k: int = 100,
+                 index_config: IndexConfig | None = None, model=None) -> tuple[dict, Ranking]:
+    """RAGSynth's retrieval robustness on a run's own data (``RUN/exports/beir``): the corpus is
+    encoded once and every query type is scored on its own qrels split, so original queries,
+    their rewrites and the partial-clue queries can be compared (P@3 above all)."""
+    beir_dir = Path(run_dir) / "exports" / "beir"
+    if not (beir_dir / "corpus.jsonl").is_file():
+        raise FileNotFoundError(f"{beir_dir} not found: run `synthrag run ragsynth` (ragsynth.export.lists) first")
+    queries = load_queries(beir_dir)
+    ranking = retrieve(beir_dir, queries, settings=settings, k=k, index_config=index_config,
+                       ignore_identical_ids=False, model=model)
+    out: dict = {}
+    for split in RUN_SPLITS:
+        qrels = load_qrels(beir_dir, split)
+        if qrels:
+            out[split] = evaluate(None, qrels, ranking)
+    return out, ranking

@@ -391,3 +391,19 @@ def embed_passages(source: str | Path, out_dir: str | Path, *, settings=None, mo
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
+
+
+def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[int, int] = (1, 2)) -> None:
+    """Stage ``embed``: the run's chunks (title + text) embedded by an actor pool into
+    ``RUN/embeddings/`` and indexed into ``RUN/index/``; skipped when chunks and settings are
+    unchanged. Shared by every pipeline that retrieves over its own corpus."""
+    chunk_fp = run.stage_record("dedupe")["fingerprint"]
+    with run.stage("embed", chunk_fp, settings.model_dump(), index_config.model_dump()) as rec:
+        if rec is not None:
+            lo, hi = actors
+            embed_passages(run.path("chunks"), run.path("embeddings"), settings=settings, id_column="chunk_id",
+                           text_columns=("title", "text"), use_ray=True, min_actors=lo, max_actors=hi)
+            index = VectorIndex.build(run.path("embeddings"), index_config, id_column="chunk_id")
+            index.save(run.path("index"))
+            rec.in_ = run.count("chunks")
+            rec.out = len(index)

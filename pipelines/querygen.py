@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from actors.embedder import EmbedderSettings
 from actors.llm import llm_map
 from actors.teacher import TeacherConfig
-from pipelines.index import IndexConfig
+from pipelines.index import IndexConfig, index_run_chunks
 from pipelines.rundir import Run
 from pipelines.schema import REJECT_DETAIL, REJECT_REASON, RETRIEVAL_LISTS, stable_id, staging
 
@@ -210,17 +210,7 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
             run.commit(rec, ds.map_batches(_queries, batch_format="pyarrow"), table="querygen_queries")
             rec.extra["passages"] = len(ids)
 
-    with run.stage("embed", chunk_fp, qg.embedder.model_dump()) as rec:
-        if rec is not None:
-            from pipelines.index import VectorIndex, embed_passages
-
-            lo, hi = qg.embed_actors
-            embed_passages(run.path("chunks"), run.path("embeddings"), settings=qg.embedder, id_column="chunk_id",
-                           text_columns=("title", "text"), use_ray=True, min_actors=lo, max_actors=hi)
-            index = VectorIndex.build(run.path("embeddings"), qg.index, id_column="chunk_id")
-            index.save(run.path("index"))
-            rec.in_ = run.count("chunks")
-            rec.out = len(index)
+    index_run_chunks(run, qg.embedder, qg.index, actors=qg.embed_actors)
 
     with run.stage("querygen_filter", run.stage_record("querygen_generate")["fingerprint"],
                    run.stage_record("embed")["fingerprint"], qg.top_k, qg.teacher.model_dump(mode="json")) as rec:

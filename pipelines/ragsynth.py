@@ -1,166 +1,430 @@
-"""RAGSynth (Shen et al.): QA whose answers cite the exact source sentences.
+"""RAGSynth (Shen et al., 2025): robust retriever and faithful generator data from a corpus.
 
-Read top to bottom like the paper's figure (section 3, single-hop):
+Read top to bottom like the paper's figure; every arrow is a stage with its funnel in the
+manifest and its dropped rows in ``rejects/<stage>/``:
 
-    chunks ──clues──▶ clues citing sentence numbers          (M2: clue → (document, sentence))
-           ──qa────▶ question + answer sentences citing clues (M1: answer sentence → clue)
-           ──cite──▶ citations = M2 ∘ M1, checked against the sentences table and for support
+    chunks ──clues──▶ facts citing sentences (M2) ──qa──▶ single-hop QA (M1) ──cite──▶ ragsynth_single
+    clues ──NER + LLM entities──▶ entities/ (canonical ids) ──graph──▶ bridges of 2-4 clues
+          ──multihop──▶ QA over several documents ──cite──▶ ──single-document check──▶ ragsynth_multihop
+    base questions ──rewrite (5 transformations)──▶ ──equivalence judge──▶ ragsynth_rewrites
+    base questions on p documents ──partial answers for each proper subset + refusal──▶ ragsynth_variants
+    all of them, with their criteria (rubric) ──▶ examples/
+    ──▶ retrieval_lists/ (mined negatives), exports/beir/, exports/ragsynth_sft.jsonl
 
-Every stage writes its table and its rejects; nothing is dropped silently.
+Each part is switchable and capped under ``ragsynth:`` in the config. The pieces live in
+``ragsynth_singlehop``, ``ragsynth_multihop``, ``ragsynth_variants`` and ``ragsynth_export``;
+this module only wires them into stages.
 """
 
 from __future__ import annotations
 
-import json
-import re
+from typing import Callable
 
 import pyarrow as pa
 
 from actors.llm import llm_map
+from pipelines import ragsynth_export as export
+from pipelines import ragsynth_multihop as mh
+from pipelines import ragsynth_singlehop as sh
+from pipelines import ragsynth_variants as var
 from pipelines.config import RunConfig
-from pipelines.rundir import Run
-from pipelines.schema import EXAMPLES, REJECT_DETAIL, REJECT_REASON, dumps, stable_id, staging
+from pipelines.rundir import KEEP, Run
+from pipelines.schema import EXAMPLES, RETRIEVAL_LISTS, stable_id, staging
 
-METHOD = "ragsynth"
-
-
-# ----------------------------------------------------------------------------- stage inputs
-def _clue_inputs(batch: pa.Table, max_sentences: int, max_clues: int, min_support: float) -> pa.Table:
-    rows = []
-    for r in batch.select(["chunk_id", "doc_id", "text", "sentences", "sentence_spans"]).to_pylist():
-        spans = r["sentence_spans"][:max_sentences]
-        rows.append({"chunk_id": r["chunk_id"], "doc_id": r["doc_id"],
-                     "sentence_ids": r["sentences"][: len(spans)],
-                     "sentences": [r["text"][s["start"]:s["end"]] for s in spans],
-                     "max_clues": max_clues, "min_support": min_support})
-    return pa.Table.from_pylist(rows)
+# Kept for callers and tests that import the single-hop pieces from here.
+check_clues, check_qa, resolve, support = sh.check_clues, sh.check_qa, sh.resolve, sh.support
+METHOD = sh.METHOD
 
 
-# Prompts number sentences and clues from 1 (what models expect); the data model counts from 0.
+# ----------------------------------------------------------------------------- stage helpers
+def _fp(run: Run, *names: str) -> list[str]:
+    return [run.stage_record(n)["fingerprint"] for n in names]
 
 
-def check_clues(row: dict, reply: dict) -> str | None:
-    """Reject replies whose clues cite sentences the passage does not have, or sentences that
-    do not state the clue (M2 must hold before anything is built on it)."""
-    n = len(row["sentences"])
-    for c in reply["clues"]:
-        bad = [i for i in c["sentences"] if not 1 <= i <= n]
-        if bad:
-            return f"citation_out_of_range: clue cites sentence {bad[0]} of {n}"
-        score = support(c["fact"], [row["sentences"][i - 1] for i in c["sentences"]])
-        if score < row["min_support"]:
-            return f"unsupported_clue: {score:.2f} of the clue's words are in its sentences: {c['fact'][:80]!r}"
-    return None
+def _llm_fp(cfg: RunConfig) -> dict:
+    return cfg.llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus"})
 
 
-def check_qa(row: dict, reply: dict) -> str | None:
-    """The answer cites existing clues, and the question is a question about them."""
-    n = len(row["clues"])
-    for a in reply["answer"]:
-        bad = [i for i in a["facts"] if not 1 <= i <= n]
-        if bad:
-            return f"citation_out_of_range: answer cites fact {bad[0]} of {n}"
-    question = reply["question"].strip()
-    if not question.endswith("?"):
-        return "not_a_question: the question does not end with '?'"
-    cited = " ".join(row["clues"][i - 1] for a in reply["answer"] for i in a["facts"])
-    if not content_words(question) & content_words(cited):
-        return "question_off_topic: the question shares no content word with the clues it rests on"
-    return None
+def llm_stage(run: Run, cfg: RunConfig, name: str, upstream: list[str], rows: Callable, key: str,
+              prompt, table: str, *, check=None, prompt_key: str | None = None, extra_fp: tuple = ()) -> None:
+    """An LLM stage: ``rows()`` gives the prepared input dataset; rows already written by an
+    interrupted run of the same stage are skipped (``key``); replies (or rejects) go to ``table``."""
+    with run.stage(name, *_fp(run, *upstream), *extra_fp, _llm_fp(cfg), cfg.prompts_dir) as rec:
+        if rec is None:
+            return
+        ds = run.resume(rec, rows(), key)
+        n = ds.count()
+        if not n:  # nothing (left) to do: an empty table, and the rows an interrupted run wrote
+            empty = pa.table({key: pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+            run.commit(rec, ray_from_arrow(empty), table=table)
+            return
+        ds = llm_map(ds, llm=cfg.llm, prompt=prompt, stage=name, check=check,
+                     prompt_search=cfg.prompt_search(), prompt_key=prompt_key, rows=n)
+        run.commit(rec, ds, table=table)
 
 
-def _qa_inputs(batch: pa.Table) -> pa.Table:
-    rows = []
-    for r in batch.select(["chunk_id", "doc_id", "sentence_ids", "sentences", "llm_output"]).to_pylist():
-        clues = json.loads(r["llm_output"])["clues"]
-        for c in clues:  # to 0-based sentence indexes, the data model's
-            c["sentences"] = [i - 1 for i in c["sentences"]]
-        rows.append({"chunk_id": r["chunk_id"], "doc_id": r["doc_id"], "sentence_ids": r["sentence_ids"],
-                     "sentences": r["sentences"], "clue_json": json.dumps(clues),
-                     "clues": [c["fact"] for c in clues]})
-    return pa.Table.from_pylist(rows)
+def ray_from_arrow(table: pa.Table):
+    import ray.data
+
+    return ray.data.from_arrow(table)
 
 
-# ----------------------------------------------------------------------------- citations
-_WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("""a an the of and or to in on for with by from at as is are was were be been being
-this that these those it its which who whom what when where why how do does did not no than then
-there their they them he she his her we our you your i can could may might will would shall should
-into about over under between also such more most other some any each all both""".split())
+def build_stage(run: Run, name: str, upstream: list[str], build: Callable, table: str,
+                schema: pa.Schema = EXAMPLES, extra_fp: tuple = ()) -> None:
+    """A stage without a model: ``build()`` returns a dataset (or Arrow table) of rows with
+    ``reject_reason``; kept rows are written to ``table`` with ``schema``."""
+    with run.stage(name, *_fp(run, *upstream), *extra_fp) as rec:
+        if rec is not None:
+            run.commit(rec, build(), table=table, schema=schema)
 
 
-def content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
+def _union(run: Run, tables: list[str]):
+    parts = [run.read(t) for t in tables if run.count(t)]
+    if not parts:
+        return None
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def support(answer: str, cited: list[str]) -> float:
-    """Fraction of the answer's content words found in the cited sentences (1.0 = all)."""
-    words = content_words(answer)
-    if not words:
-        return 0.0
-    source = content_words(" ".join(cited))
-    return len(words & source) / len(words)
+def _empty_examples() -> pa.Table:
+    return staging(EXAMPLES).empty_table()
 
 
-def resolve(row: dict, min_support: float, lineage: dict) -> dict:
-    """Compose M1 (answer sentence → clue) with M2 (clue → sentence) into citations; reject the
-    example if a reference does not resolve or an answer sentence is not supported."""
-    qa = json.loads(row["llm_output"])
-    clues = json.loads(row["clue_json"])
-    sids, sents = row["sentence_ids"], row["sentences"]
-    citations, answer_sents, scores = [], [], []
-    for a in qa["answer"]:
-        a["facts"] = [f - 1 for f in a["facts"]]  # to 0-based clue indexes
-        if any(not 0 <= f < len(clues) for f in a["facts"]):
-            return {"reason": "unresolved_citation", "detail": {"answer_sentence": a, "clues": clues}}
-        cited_idx = sorted({s for f in a["facts"] for s in clues[f]["sentences"]})
-        if not cited_idx or any(i >= len(sids) for i in cited_idx):
-            return {"reason": "unresolved_citation", "detail": {"answer_sentence": a, "clues": clues}}
-        score = support(a["sentence"], [sents[i] for i in cited_idx])
-        scores.append(score)
-        if score < min_support:
-            return {"reason": "unsupported_answer",
-                    "detail": {"answer_sentence": a["sentence"], "support": round(score, 3),
-                               "cited": [sents[i] for i in cited_idx]}}
-        answer_sents.append(a["sentence"].strip())
-        for i in cited_idx:
-            c = {"chunk_id": row["chunk_id"], "sentence_id": sids[i]}
-            if c not in citations:
-                citations.append(c)
-    question = qa["question"].strip()
-    return {"example": {
-        "example_id": stable_id(METHOD, "single_hop", row["chunk_id"], question),
-        "method": METHOD, "task": "single_hop", "query": question, "answer": " ".join(answer_sents),
-        "citations": citations, "positives": [row["chunk_id"]], "references": [row["chunk_id"]],
-        "clues": [{"clue_id": f"{row['chunk_id']}/k{i}", "text": c["fact"],
-                   "sentence_ids": [sids[j] for j in c["sentences"]]} for i, c in enumerate(clues)],
-        "hop": 1, "meta": dumps({"support": [round(s, 3) for s in scores],
-                                 "answer_clues": [a["facts"] for a in qa["answer"]]}),
-        **lineage}}
+# ----------------------------------------------------------------------------- single-hop
+def clues_and_single_hop(run: Run, cfg: RunConfig, limit: int | None) -> None:
+    rs = cfg.ragsynth
+
+    def chunks():
+        ds = run.read("chunks")
+        if limit:
+            wanted = set(run.sample_keys("chunks", "chunk_id", limit, cfg.seed))
+            ds = ds.filter(lambda r: r["chunk_id"] in wanted)
+        return ds.map_batches(sh.clue_inputs, batch_format="pyarrow",
+                              fn_kwargs={"max_sentences": rs.max_sentences_per_chunk, "max_clues": rs.max_clues,
+                                         "min_support": rs.min_support})
+
+    clue_cfg = {k: getattr(rs, k) for k in ("max_clues", "min_support", "max_sentences_per_chunk")}
+    llm_stage(run, cfg, "ragsynth_clues", ["dedupe"], chunks, "chunk_id", "ragsynth/clues", "ragsynth_clues",
+              check=sh.check_clues, extra_fp=(limit, cfg.seed, clue_cfg))
+    if not rs.single_hop:
+        return
+    llm_stage(run, cfg, "ragsynth_qa", ["ragsynth_clues"],
+              lambda: run.read("ragsynth_clues").map_batches(sh.qa_inputs, batch_format="pyarrow"),
+              "chunk_id", "ragsynth/qa", "ragsynth_qa", check=sh.check_qa)
+    build_stage(run, "ragsynth_cite", ["ragsynth_qa"],
+                lambda: run.read("ragsynth_qa").map_batches(sh.build_examples, batch_format="pyarrow",
+                                                            fn_kwargs={"min_support": rs.min_support}),
+                "ragsynth_single", extra_fp=(rs.min_support,))
 
 
-EXAMPLE_STAGING = staging(EXAMPLES)
+# ----------------------------------------------------------------------------- multi-hop
+def multihop(run: Run, cfg: RunConfig) -> None:
+    import ray
+
+    from actors.ner import NER
+
+    m, rs = cfg.ragsynth.multihop, cfg.ragsynth
+
+    def sentences():
+        chunk_ids = set(run.read_arrow("ragsynth_clues", columns=["chunk_id"]).column(0).to_pylist())
+        ds = run.read("sentences", columns=["sentence_id", "chunk_id", "doc_id", "text"])
+        ds = ds.filter(lambda r: r["chunk_id"] in chunk_ids)
+        ds = ds.map_batches(NER, fn_constructor_kwargs={"labels": m.ner_labels}, batch_size=256,
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                            num_cpus=1)
+        return ds.map_batches(lambda b: _with_keep(b), batch_format="pyarrow")
+
+    build_stage(run, "ragsynth_ner", ["ragsynth_clues"], sentences, "ragsynth_mentions", schema=None,
+                extra_fp=(m.ner_labels,))
+    upstream = ["ragsynth_clues", "ragsynth_ner"]
+    if m.llm_entities:
+        llm_stage(run, cfg, "ragsynth_entities_llm", ["ragsynth_clues"],
+                  lambda: run.read("ragsynth_clues").map_batches(mh.entity_inputs, batch_format="pyarrow"),
+                  "chunk_id", "ragsynth/entities", "ragsynth_llm_entities", check=mh.check_entities)
+        upstream.append("ragsynth_entities_llm")
+
+    with run.stage("ragsynth_entities", *_fp(run, *upstream), m.similarity, m.confirm_with_llm, m.sentence_clues,
+                   cfg.ragsynth.export.embedder.model_dump()) as rec:
+        if rec is not None:
+            table, stats = _resolve_entities(run, cfg, with_llm=m.llm_entities)
+            run.commit(rec, table, table="entities", schema=mh.ENTITIES)
+            rec.extra.update(stats)
+
+    with run.stage("ragsynth_bridges", *_fp(run, "ragsynth_entities"), m.hops, m.max_questions, m.max_per_clue,
+                   m.max_entity_degree, m.sentence_clues, cfg.seed) as rec:
+        if rec is not None:
+            table, stats = _bridges(run, cfg)
+            run.commit(rec, table, table="ragsynth_bridges")
+            rec.extra.update(stats)
+
+    prompt, check = (("ragsynth/multihop_question", mh.check_question) if m.answer == "facts"
+                     else ("ragsynth/multihop", mh.check_multihop))
+    llm_stage(run, cfg, "ragsynth_multihop", ["ragsynth_bridges"], lambda: run.read("ragsynth_bridges"),
+              "bridge_id", prompt, "ragsynth_multihop_qa", check=check, extra_fp=(m.answer,))
+    build_stage(run, "ragsynth_multihop_cite", ["ragsynth_multihop"],
+                lambda: run.read("ragsynth_multihop_qa").map_batches(mh.build_candidates, batch_format="pyarrow",
+                                                                      fn_kwargs={"min_support": rs.min_support}),
+                "ragsynth_multihop_candidates", extra_fp=(rs.min_support,))
+
+    if not m.single_doc_check:
+        build_stage(run, "ragsynth_single_doc", ["ragsynth_multihop_cite"],
+                    lambda: _or_empty(run, "ragsynth_multihop_candidates"), "ragsynth_multihop")
+        return
+    prompt = "ragsynth/answer_likelihood" if m.single_doc_judge == "likelihood" else "ragsynth/answerable_judge"
+    llm_stage(run, cfg, "ragsynth_single_doc_scores", ["ragsynth_multihop_cite"],
+              lambda: _read_or_empty(run, "ragsynth_multihop_candidates").map_batches(mh.single_doc_rows,
+                                                                                     batch_format="pyarrow"),
+              "score_key", prompt, "ragsynth_single_doc_scores", extra_fp=(m.single_doc_judge,))
+    build_stage(run, "ragsynth_single_doc", ["ragsynth_single_doc_scores"],
+                lambda: _grouped(run, "ragsynth_single_doc_scores", "example_id", mh.decide_single_doc,
+                                 judge=m.single_doc_judge, margin=m.single_doc_margin, threshold=m.judge_threshold),
+                "ragsynth_multihop", extra_fp=(m.single_doc_margin, m.judge_threshold))
 
 
-def _build_examples(batch: pa.Table, min_support: float) -> pa.Table:
+def _with_keep(b: pa.Table) -> pa.Table:
+    for k in KEEP:
+        b = b.append_column(k, pa.nulls(b.num_rows, pa.string()))
+    return b
+
+
+def _read_or_empty(run: Run, table: str):
+    import ray.data
+
+    return run.read(table) if run.count(table) else ray.data.from_arrow(staging(EXAMPLES).empty_table())
+
+
+def _or_empty(run: Run, table: str):
+    if not run.count(table):
+        return _empty_examples()
+    return run.read(table).map_batches(_drop_contexts, batch_format="pyarrow")
+
+
+def _drop_contexts(b: pa.Table) -> pa.Table:
+    import json
+
+    rows = b.to_pylist()
+    for r in rows:
+        meta = json.loads(r["meta"])
+        meta.pop("contexts", None)
+        r["meta"] = json.dumps(meta, ensure_ascii=False, sort_keys=True)
+        r.setdefault("reject_reason", None)
+        r.setdefault("reject_detail", None)
+    return pa.Table.from_pylist(rows, schema=staging(EXAMPLES))
+
+
+def _grouped(run: Run, table: str, key: str, fn: Callable, **kwargs):
+    if not run.count(table):
+        return _empty_examples()
+    return run.read(table).groupby(key).map_groups(fn, fn_kwargs=kwargs, batch_format="pyarrow")
+
+
+def _clues(run: Run, cfg: RunConfig) -> list[dict]:
+    """The LLM's clues and, with ``multihop.sentence_clues``, every sentence that names an
+    entity and that no clue cites yet (a sentence is a fact verbatim: M2 holds exactly)."""
     out = []
-    for row in batch.to_pylist():
-        lineage = {"stage": "ragsynth_cite", "prompt_id": row["prompt_id"], "model": row["model"],
-                   "seed": row["seed"]}
-        res = resolve(row, min_support, lineage)
-        if "example" in res:
-            out.append({**res["example"], REJECT_REASON: None, REJECT_DETAIL: None})
-        else:  # keep the query text in the reject so a person can see what was dropped
-            qa = json.loads(row["llm_output"])
-            out.append({"example_id": stable_id(METHOD, "single_hop", row["chunk_id"], qa["question"]),
-                        "method": METHOD, "task": "single_hop", "query": qa["question"],
-                        "answer": " ".join(a["sentence"] for a in qa["answer"]), "citations": [],
-                        "positives": [row["chunk_id"]], **lineage,
-                        REJECT_REASON: res["reason"], REJECT_DETAIL: dumps(res["detail"])})
-    return pa.Table.from_pylist(out, schema=EXAMPLE_STAGING)
+    for r in run.read_arrow("ragsynth_clues").to_pylist():
+        out += sh.clue_records(r)
+    if cfg.ragsynth.multihop.sentence_clues and run.count("ragsynth_mentions"):
+        cited = {s for c in out for s in c["sentence_ids"]}
+        for r in run.read_arrow("ragsynth_mentions").to_pylist():
+            if r["mentions"] and r["sentence_id"] not in cited and len(r["text"].split()) >= 5:
+                out.append({"clue_id": f"{r['sentence_id']}/s", "chunk_id": r["chunk_id"], "doc_id": r["doc_id"],
+                            "text": r["text"].strip(), "sentence_ids": [r["sentence_id"]], "sentences": [r["text"]]})
+    return out
 
 
-def _verify_against_sentences(run: Run) -> dict[str, int]:
+def _resolve_entities(run: Run, cfg: RunConfig, *, with_llm: bool) -> tuple[pa.Table, dict]:
+    """Surface forms from NER and the LLM, unioned by name, alias and name-embedding
+    similarity (optionally confirmed by the LLM) into canonical entities."""
+    from actors.embedder import encode_texts, load_model
+    from pipelines.entities import alias_pairs, resolve, similar_pairs
+
+    m = cfg.ragsynth.multihop
+    ner = run.read_arrow("ragsynth_mentions").to_pylist()
+    llm = run.read_arrow("ragsynth_llm_entities").to_pylist() if with_llm else []
+    found = mh.collect_mentions(ner, llm, _clues(run, cfg))
+    forms = found["forms"]
+    keys = sorted(forms)
+    links = alias_pairs(keys)
+    stats = {"forms": len(keys), "alias_links": len(links)}
+    if len(keys) > 1:
+        emb = cfg.ragsynth.export.embedder
+        model = load_model(emb.model, device=emb.device)
+        display = [max(forms[k]["names"], key=forms[k]["names"].get) for k in keys]
+        vecs = encode_texts(display, kind="passage", settings=emb, model=model)
+        similar = similar_pairs(keys, vecs, m.similarity)
+        stats["similar_pairs"] = len(similar)
+        if m.confirm_with_llm and similar:
+            similar = _confirm_merges(cfg, similar, forms)
+            stats["confirmed_pairs"] = len(similar)
+        links += [(a, b) for a, b, _ in similar]
+    canonical = resolve({k: len(forms[k]["mentions"]) for k in keys}, links)
+    stats["canonical_entities"] = len(set(canonical.values()))
+    rows = [{**r, **KEEP} for r in mh.entity_rows(forms, canonical)]
+    return pa.Table.from_pylist(rows, schema=staging(mh.ENTITIES)), stats
+
+
+def _confirm_merges(cfg: RunConfig, similar: list, forms: dict) -> list:
+    import ray.data
+
+    from pipelines.ragsynth_multihop import yes_probability
+
+    rows = [{"pair": i, "a": max(forms[a]["names"], key=forms[a]["names"].get),
+             "b": max(forms[b]["names"], key=forms[b]["names"].get), "label": a[0],
+             "a_context": a[1], "b_context": b[1]} for i, (a, b, _) in enumerate(similar)]
+    out = llm_map(ray.data.from_items(rows), llm=cfg.llm, prompt="ragsynth/same_entity",
+                  stage="ragsynth_entities", prompt_search=cfg.prompt_search()).take_all()
+    import json
+
+    ok = {r["pair"] for r in out if r["llm_output"]
+          and yes_probability(json.loads(r["llm_output"])) >= cfg.ragsynth.multihop.judge_threshold}
+    return [p for i, p in enumerate(similar) if i in ok]
+
+
+def _bridges(run: Run, cfg: RunConfig) -> tuple[pa.Table, dict]:
+    """Clue graph over canonical entities, and seeded bridges along it."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from pipelines.entities import clue_graph, sample_bridges
+
+    m = cfg.ragsynth.multihop
+    clues = _clues(run, cfg)
+    ents = run.read_arrow("entities").to_pylist()
+    by_sentence: dict[str, set] = {}
+    names: dict[str, str] = {}
+    for e in ents:
+        names.setdefault(e["canonical_id"], e["name"])
+        for ref in e["mentions"]:
+            by_sentence.setdefault(ref["sentence_id"], set()).add(e["canonical_id"])
+    for c in clues:
+        c["entities"] = sorted({e for s in c["sentence_ids"] for e in by_sentence.get(s, ())})
+    graph = clue_graph(clues, m.max_entity_degree)
+    paths = sample_bridges(graph, m.hops, m.max_questions, seed=cfg.seed, max_per_clue=m.max_per_clue)
+    by_id = {c["clue_id"]: c for c in clues}
+    chunk_ids = sorted({by_id[x]["chunk_id"] for p in paths for x in p})
+    texts = {}
+    if chunk_ids:
+        t = pads.dataset(run.path("chunks"), format="parquet").to_table(
+            columns=["chunk_id", "text"], filter=pc.field("chunk_id").isin(chunk_ids))
+        texts = dict(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
+    rows = mh.bridge_rows(paths, by_id, graph, names, texts)
+    stats = {"graph": {"clues": graph.number_of_nodes(), "edges": graph.number_of_edges(),
+                       "linked_clues": sum(1 for n in graph.nodes if graph.degree(n)),
+                       "documents": len({c["doc_id"] for c in clues})},
+             "hops": {str(h): sum(1 for p in paths if len(p) == h) for h in sorted(set(map(len, paths)))}}
+    table = pa.Table.from_pylist([{**r, **KEEP} for r in rows]) if rows else pa.table(
+        {"bridge_id": pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+    return table, stats
+
+
+# ----------------------------------------------------------------------------- rewrites and variants
+def _bases(run: Run, parts: list[str], cap: int | None, seed: int):
+    ds = _union(run, parts)
+    if ds is None or cap is None:
+        return ds
+    ids = []
+    for t in parts:
+        if run.count(t):
+            ids += run.read_arrow(t, columns=["example_id"]).column(0).to_pylist()
+    keep = set(sorted(ids, key=lambda i: stable_id(seed, i))[:cap])
+    return ds.filter(lambda r: r["example_id"] in keep)
+
+
+def rewrites(run: Run, cfg: RunConfig, parts: list[str]) -> None:
+    rw = cfg.ragsynth.rewrites
+
+    def rows():
+        ds = _bases(run, parts, rw.max_questions, cfg.seed)
+        return (ds if ds is not None else _read_or_empty(run, parts[0])).map_batches(
+            var.rewrite_rows, batch_format="pyarrow",
+            fn_kwargs={"kinds": rw.kinds, "per_question": rw.per_question, "seed": cfg.seed})
+
+    llm_stage(run, cfg, "ragsynth_rewrite", parts_stages(run, parts), rows, "rewrite_key",
+              {k: f"ragsynth/rewrite_{k}" for k in rw.kinds}, "ragsynth_rewrite_qa", check=var.check_rewrite,
+              prompt_key="rewrite_kind", extra_fp=(rw.kinds, rw.per_question, rw.max_questions, cfg.seed))
+    prompt = "ragsynth/answer_likelihood" if rw.judge == "likelihood" else "ragsynth/equivalent_judge"
+    llm_stage(run, cfg, "ragsynth_rewrite_scores", ["ragsynth_rewrite"],
+              lambda: _read_rows(run, "ragsynth_rewrite_qa", "rewrite_key").map_batches(
+                  var.judge_rows, batch_format="pyarrow", fn_kwargs={"judge": rw.judge}),
+              "score_key", prompt, "ragsynth_rewrite_scores", extra_fp=(rw.judge,))
+    build_stage(run, "ragsynth_rewrite_judge", ["ragsynth_rewrite_scores"],
+                lambda: _grouped(run, "ragsynth_rewrite_scores", "rewrite_key", var.decide_rewrite,
+                                 judge=rw.judge, margin=rw.margin, threshold=rw.judge_threshold),
+                "ragsynth_rewrites", extra_fp=(rw.margin, rw.judge_threshold))
+
+
+def variants(run: Run, cfg: RunConfig, parts: list[str]) -> None:
+    v, rs = cfg.ragsynth.variants, cfg.ragsynth
+
+    def partial():
+        ds = _union(run, parts) or _read_or_empty(run, parts[0])
+        return ds.map_batches(var.partial_rows, batch_format="pyarrow",
+                              fn_kwargs={"cap": v.max_per_question, "run_root": str(run.root)})
+
+    if v.partial_questions:
+        llm_stage(run, cfg, "ragsynth_variants", parts_stages(run, parts), partial, "variant_key",
+                  "ragsynth/partial_question", "ragsynth_variant_qa", check=mh.check_question,
+                  extra_fp=(v.max_per_question,))
+    upstream = ["ragsynth_variants"] if v.partial_questions else parts_stages(run, parts)
+
+    def build():
+        found = []
+        if any(run.count(p) for p in parts):
+            found.append(partial().map_batches(var.partial_examples, batch_format="pyarrow",
+                                               fn_kwargs={"min_support": rs.min_support, "missing_text": v.missing_text,
+                                                          "run_root": str(run.root)}))
+            if v.refusal:
+                found.append(_union(run, parts).map_batches(var.refusal_examples, batch_format="pyarrow",
+                                                            fn_kwargs={"text": v.refusal_text}))
+        if not found:
+            return _empty_examples()
+        return found[0].union(*found[1:]) if len(found) > 1 else found[0]
+
+    build_stage(run, "ragsynth_variant_build", upstream, build, "ragsynth_variants",
+                extra_fp=(v.max_per_question, v.refusal, v.refusal_text, v.missing_text, rs.min_support,
+                          parts_stages(run, parts), _fp(run, *parts_stages(run, parts))))
+
+
+def _read_rows(run: Run, table: str, key: str):
+    import ray.data
+
+    return run.read(table) if run.count(table) else ray.data.from_arrow(pa.table({key: pa.array([], pa.string())}))
+
+
+PART_STAGE = {"ragsynth_single": "ragsynth_cite", "ragsynth_multihop": "ragsynth_single_doc",
+              "ragsynth_rewrites": "ragsynth_rewrite_judge", "ragsynth_variants": "ragsynth_variant_build"}
+
+
+def parts_stages(run: Run, parts: list[str]) -> list[str]:
+    return [PART_STAGE[p] for p in parts]
+
+
+# ----------------------------------------------------------------------------- assemble and export
+def assemble(run: Run, parts: list[str]) -> None:
+    """Every kept example of every part, with its criteria, into ``examples/``; then the
+    citations are checked again, independently, against ``sentences/``."""
+    with run.stage("ragsynth_examples", *_fp(run, *parts_stages(run, parts))) as rec:
+        if rec is not None:
+            ds = _union(run, parts)
+            if ds is None:
+                run.commit(rec, _empty_examples(), table="examples", schema=EXAMPLES)
+            else:
+                run.commit(rec, ds.map_batches(_with_keep, batch_format="pyarrow"), table="examples", schema=EXAMPLES)
+            rec.extra["citations_checked"] = verify_citations(run)
+            rec.extra["by_kind"] = _by_kind(run)
+    run.export_jsonl("examples", "examples.jsonl")
+
+
+def _by_kind(run: Run) -> dict[str, int]:
+    t = run.read_arrow("examples", columns=["task", "variant_kind"]).to_pylist()
+    out: dict[str, int] = {}
+    for r in t:
+        k = f"{r['task']}/{r['variant_kind'] or 'full'}"
+        out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def verify_citations(run: Run) -> dict[str, int]:
     """Independent check of the written examples: every cited pair exists in sentences/."""
     import pyarrow.dataset as pads
 
@@ -177,40 +441,61 @@ def _verify_against_sentences(run: Run) -> dict[str, int]:
     return {"cited": len(cited), "missing": len(cited - found)}
 
 
-# ----------------------------------------------------------------------------- the pipeline
+def exports(run: Run, cfg: RunConfig) -> None:
+    """Retrieval lists + BEIR folder (stage ``ragsynth_lists``), SFT records, reference answers."""
+    from pipelines.index import index_run_chunks
+
+    ex_cfg = cfg.ragsynth.export
+    examples = run.read_arrow("examples").to_pylist()
+    if not (ex_cfg.lists or ex_cfg.sft) or not examples:
+        return
+    index_run_chunks(run, ex_cfg.embedder, ex_cfg.index)
+    queries = export.retrieval_queries(examples)
+    if ex_cfg.lists:
+        with run.stage("ragsynth_lists", *_fp(run, "ragsynth_examples", "embed"), ex_cfg.negatives,
+                       ex_cfg.mining.model_dump()) as rec:
+            if rec is not None:
+                negs = export.mine(run, queries, ex_cfg)
+                rows = [{**r, **KEEP} for r in export.lists_rows(queries, negs, ex_cfg.negatives)]
+                table = pa.Table.from_pylist(rows, schema=staging(RETRIEVAL_LISTS))
+                run.commit(rec, table, table="retrieval_lists", schema=RETRIEVAL_LISTS)
+                rec.extra["queries"] = {t: sum(1 for q in queries if q["query_type"] == t)
+                                        for t in ("original", "rewrite", "partial")}
+                export.write_beir(run, queries)
+    if ex_cfg.sft:
+        distractors: dict[str, list[str]] = {}
+        if ex_cfg.sft_distractors:
+            bases = [q for q in queries if q["query_type"] == "original"]
+            for q, negs in zip(bases, export.mine(run, bases, ex_cfg)):
+                distractors[q["example_id"]] = negs[:ex_cfg.sft_distractors]
+        path, counts = export.write_sft(run, examples, distractors, cfg.seed)
+        run.manifest.setdefault("exports", {})["ragsynth_sft"] = {"path": str(path), "records": counts}
+    export.write_reference_answers(run, examples)
+
+
+# ----------------------------------------------------------------------------- the method
+def ragsynth(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
+    """The whole method; each part is switched and capped under ``ragsynth:``."""
+    rs = cfg.ragsynth
+    clues_and_single_hop(run, cfg, limit)
+    parts = ["ragsynth_single"] if rs.single_hop else []
+    if rs.multihop.enabled:
+        multihop(run, cfg)
+        parts.append("ragsynth_multihop")
+    bases = list(parts)
+    if bases and rs.rewrites.enabled and rs.rewrites.per_question:
+        rewrites(run, cfg, bases)
+        parts.append("ragsynth_rewrites")
+    if bases and rs.variants.enabled:
+        variants(run, cfg, bases)
+        parts.append("ragsynth_variants")
+    assemble(run, parts)
+    exports(run, cfg)
+
+
 def single_hop(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
-    rs, llm = cfg.ragsynth, cfg.llm
-    search = cfg.prompt_search()
-    chunk_fp = run.stage_record("dedupe")["fingerprint"]
-    llm_fp = llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus"})
-
-    with run.stage("ragsynth_clues", chunk_fp, limit, cfg.seed, llm_fp, rs.model_dump(), search) as rec:
-        if rec is not None:
-            chunks = run.read("chunks")
-            n = run.count("chunks")
-            if limit:
-                wanted = set(run.sample_keys("chunks", "chunk_id", limit, cfg.seed))
-                chunks = chunks.filter(lambda r: r["chunk_id"] in wanted)
-                n = len(wanted)
-            ds = run.resume(rec, chunks, "chunk_id").map_batches(_clue_inputs, fn_kwargs={"max_sentences": rs.max_sentences_per_chunk,
-                                                             "max_clues": rs.max_clues,
-                                                             "min_support": rs.min_support},
-                                 batch_format="pyarrow")
-            ds = llm_map(ds, llm=llm, prompt="ragsynth/clues", stage="ragsynth_clues", check=check_clues,
-                         prompt_search=search, rows=n)
-            run.commit(rec, ds, table="ragsynth_clues")
-
-    with run.stage("ragsynth_qa", run.stage_record("ragsynth_clues")["fingerprint"]) as rec:
-        if rec is not None:
-            ds = run.resume(rec, run.read("ragsynth_clues"), "chunk_id").map_batches(_qa_inputs, batch_format="pyarrow")
-            ds = llm_map(ds, llm=llm, prompt="ragsynth/qa", stage="ragsynth_qa", check=check_qa,
-                         prompt_search=search, rows=run.count("ragsynth_clues"))
-            run.commit(rec, ds, table="ragsynth_qa")
-
-    with run.stage("ragsynth_cite", run.stage_record("ragsynth_qa")["fingerprint"], rs.min_support) as rec:
-        if rec is not None:
-            ds = run.read("ragsynth_qa").map_batches(_build_examples, fn_kwargs={"min_support": rs.min_support},
-                                                     batch_format="pyarrow")
-            run.commit(rec, ds, table="examples", schema=EXAMPLES)
-            rec.extra["citations_checked"] = _verify_against_sentences(run)
-    run.export_jsonl("examples", "examples.jsonl")
+    """Single-hop only (the other parts switched off)."""
+    cfg = cfg.model_copy(deep=True)
+    rs = cfg.ragsynth
+    rs.single_hop, rs.multihop.enabled, rs.rewrites.enabled, rs.variants.enabled = True, False, False, False
+    ragsynth(run, cfg, limit=limit)

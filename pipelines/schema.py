@@ -15,9 +15,13 @@ import pyarrow as pa
 
 CITATION = pa.struct([("chunk_id", pa.string()), ("sentence_id", pa.string())])
 SPAN = pa.struct([("start", pa.int32()), ("end", pa.int32())])
-CLUE = pa.struct(
-    [("clue_id", pa.string()), ("text", pa.string()), ("sentence_ids", pa.list_(pa.string()))]
+CLUE = pa.struct(  # M2: a clue and the (document, chunk, sentences) it was read from
+    [("clue_id", pa.string()), ("text", pa.string()), ("sentence_ids", pa.list_(pa.string())),
+     ("chunk_id", pa.string()), ("doc_id", pa.string())]
 )
+# A per-question criterion (RAGSynth): an answer must "cover" a fact, or "acknowledge" that a
+# fact is missing from the documents it was given.
+CRITERION = pa.struct([("kind", pa.string()), ("text", pa.string())])
 LINEAGE = [
     pa.field("stage", pa.string()),
     pa.field("prompt_id", pa.string()),
@@ -74,7 +78,7 @@ EXAMPLES = pa.schema(
         pa.field("hop", pa.int32()),
         pa.field("variant_of", pa.string()),
         pa.field("variant_kind", pa.string()),
-        pa.field("rubric", pa.list_(pa.string())),
+        pa.field("rubric", pa.list_(CRITERION)),
         pa.field("strategy", pa.string()),
         pa.field("reasoning", pa.string()),
         pa.field("distractors", pa.list_(pa.string())),

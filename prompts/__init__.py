@@ -10,6 +10,11 @@ Each file holds::
     schema: {...}                 # JSON Schema of the reply (guided decoding + validation)
     sampling: {temperature: 0.2, max_tokens: 256}
 
+A *scoring* prompt has ``continuations`` (Jinja2 templates) instead of a schema: nothing is
+generated; the engine returns the log-probability of each rendered continuation as the reply
+(teacher-forced), e.g. ``["Yes", "No"]`` for a judge or ``["{{ answer }}"]`` for the likelihood
+of a reference answer under a given context.
+
 :func:`load` returns a :class:`Prompt`; rendering is strict (an unknown variable is an error).
 """
 
@@ -22,7 +27,7 @@ from typing import Any
 import jinja2
 import jsonschema
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ROOT = Path(__file__).resolve().parent
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
@@ -46,6 +51,16 @@ class Prompt(BaseModel):
     response_prefix: str = ""
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     sampling: Sampling = Sampling()
+    continuations: list[str] | None = None  # a scoring prompt: log-probs of these, no generation
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.continuations is not None and (self.schema_ is not None or not self.continuations):
+            raise ValueError("a scoring prompt has a non-empty `continuations` list and no `schema`")
+        return self
+
+    def render_continuations(self, variables: dict[str, Any]) -> list[str]:
+        return [_ENV.from_string(c).render(**variables) for c in self.continuations or []]
 
     @property
     def schema(self) -> dict[str, Any] | None:

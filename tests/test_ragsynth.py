@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.ragsynth import check_clues, check_qa, resolve, support
+from pipelines.ragsynth_singlehop import check_clues, check_qa, clue_records, resolve, support
 
 ROW = {
     "chunk_id": "manual.md#c0", "doc_id": "manual.md",
@@ -23,9 +23,23 @@ CLUES = [{"fact": "The pump must be primed before its first use.", "sentences": 
 LINEAGE = {"stage": "ragsynth_cite", "prompt_id": "ragsynth/qa@1", "model": "m", "seed": 0}
 
 
+def _clue_records():
+    """The clue stage's reply for ROW (1-based sentence numbers) as clue records."""
+    reply = {"clues": [{"fact": c["fact"], "sentences": [i + 1 for i in c["sentences"]]} for c in CLUES]}
+    return clue_records({**ROW, "llm_output": json.dumps(reply)})
+
+
 def _qa_row(answer, question="Why must the pump never run dry?"):
-    return {**ROW, "clue_json": json.dumps(CLUES), "clues": [c["fact"] for c in CLUES],
+    clues = _clue_records()
+    return {**ROW, "clue_json": json.dumps(clues), "clues": [c["text"] for c in clues],
             "llm_output": json.dumps({"question": question, "answer": answer})}
+
+
+def test_clue_records_resolve_sentence_numbers():
+    clues = _clue_records()
+    assert [c["clue_id"] for c in clues] == ["manual.md#c0/k0", "manual.md#c0/k1"]
+    assert clues[1]["sentence_ids"] == ["manual.md#c0:s1", "manual.md#c0:s2"]
+    assert clues[1]["sentences"] == ROW["sentences"][1:] and clues[0]["doc_id"] == "manual.md"
 
 
 def test_citations_compose_answer_to_clue_to_sentence():
@@ -36,6 +50,8 @@ def test_citations_compose_answer_to_clue_to_sentence():
                                {"chunk_id": "manual.md#c0", "sentence_id": "manual.md#c0:s2"}]
     assert ex["positives"] == ["manual.md#c0"] and ex["hop"] == 1
     assert ex["clues"][1]["sentence_ids"] == ["manual.md#c0:s1", "manual.md#c0:s2"]
+    assert ex["rubric"] == [{"kind": "cover", "text": "Without water the seal overheats within 30 seconds."}]
+    assert json.loads(ex["meta"])["answer_sentences"][0]["sentence_ids"] == ["manual.md#c0:s1", "manual.md#c0:s2"]
     assert ex["example_id"] == resolve(_qa_row([{"sentence": "Without water the seal overheats within 30 seconds.",
                                                 "facts": [2]}]), 0.5, LINEAGE)["example"]["example_id"]
 
@@ -64,49 +80,3 @@ def test_checks_catch_out_of_range_and_unsupported_clues():
     assert check_qa(row, {"question": "What is the state of research?",
                           "answer": [{"sentence": "x", "facts": [1]}]}).startswith("question_off_topic")
     assert support("seal overheats", ["the seal overheats quickly"]) == 1.0
-
-
-@pytest.mark.slow
-def test_run_ragsynth_end_to_end(ray_local, tmp_path):
-    """The real embedded model over the sample corpus: whatever it yields must be consistent."""
-    from typer.testing import CliRunner
-
-    import pipelines.cli_data  # noqa: F401  (registers the commands)
-    from pipelines.cli_app import app
-
-    corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus"
-    out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["run", "ragsynth", "--corpus", str(corpus), "--out", str(out), "--limit", "6"])
-    assert res.exit_code == 0, res.output
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "done"
-    names = [s["name"] for s in manifest["stages"]]
-    assert names == ["read", "chunk", "dedupe", "sentences", "ragsynth_clues", "ragsynth_qa", "ragsynth_cite"]
-    for s in manifest["stages"]:
-        assert s["in"] == s["out"] + sum(s["rejected"].values()), s
-        if sum(s["rejected"].values()):
-            assert (out / "rejects" / s["name"]).is_dir()
-    stages = {s["name"]: s for s in manifest["stages"]}
-    assert stages["ragsynth_clues"]["in"] == 6
-    assert stages["ragsynth_qa"]["in"] == stages["ragsynth_clues"]["out"]
-    assert stages["ragsynth_cite"]["in"] == stages["ragsynth_qa"]["out"]
-
-    examples = pads.dataset(out / "examples").to_table().to_pylist()
-    sentences = {(r["chunk_id"], r["sentence_id"]): r["text"]
-                 for r in pads.dataset(out / "sentences").to_table().to_pylist()}
-    for ex in examples:
-        assert ex["citations"], ex
-        for c in ex["citations"]:
-            assert (c["chunk_id"], c["sentence_id"]) in sentences
-        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"] == "ragsynth/qa@2"
-        assert support(ex["answer"], [sentences[(c["chunk_id"], c["sentence_id"])] for c in ex["citations"]]) >= 0.5
-    assert stages["ragsynth_cite"]["citations_checked"]["missing"] == 0
-    lines = (out / "exports" / "examples.jsonl").read_text().splitlines()
-    assert len(lines) == len(examples)
-
-    # a rerun skips every finished stage and changes nothing
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "examples").iterdir()}
-    res = CliRunner().invoke(app, ["run", "ragsynth", "--corpus", str(corpus), "--out", str(out), "--limit", "6"])
-    assert res.exit_code == 0, res.output
-    assert res.output.count("up to date, skipped") == 7
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "examples").iterdir()} == before
