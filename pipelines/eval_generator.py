@@ -29,7 +29,7 @@ Two judges, both through the LLM actor (scoring prompts, no generation):
 Answers file: JSON lines with an id (``example_id``, ``record_id`` or ``id``), the answer text
 (``answer`` or ``prediction``, as ``synthrag generate`` writes) and optionally ``citations``
 (sentence ids, or ``{chunk_id, sentence_id}``). Without them, ``[n]`` markers in the text are read
-against the numbering of ``RUN/exports/ragsynth_sft.jsonl``.
+against the numbering of ``RUN/exports/sft_ragsynth.jsonl``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def load_answers(path: str | Path) -> dict[str, dict]:
 
 
 def load_numbering(run_dir: Path) -> dict[str, list[str]]:
-    path = run_dir / "exports" / "ragsynth_sft.jsonl"
+    path = run_dir / "exports" / "sft_ragsynth.jsonl"
     if not path.is_file():
         return {}
     out = {}

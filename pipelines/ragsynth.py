@@ -9,7 +9,7 @@ manifest and its dropped rows in ``rejects/<stage>/``:
     base questions ──rewrite (5 transformations)──▶ ──equivalence judge──▶ ragsynth_rewrites
     base questions on p documents ──partial answers for each proper subset + refusal──▶ ragsynth_variants
     all of them, with their criteria (rubric) ──▶ examples/
-    ──▶ retrieval_lists/ (mined negatives), exports/beir/, exports/ragsynth_sft.jsonl
+    ──▶ retrieval_lists/ (mined negatives), exports/beir/, exports/sft_ragsynth.jsonl
 
 Each part is switchable and capped under ``ragsynth:`` in the config. The pieces live in
 ``ragsynth_singlehop``, ``ragsynth_multihop``, ``ragsynth_variants`` and ``ragsynth_export``;
@@ -469,7 +469,7 @@ def exports(run: Run, cfg: RunConfig) -> None:
             for q, negs in zip(bases, export.mine(run, bases, ex_cfg)):
                 distractors[q["example_id"]] = negs[:ex_cfg.sft_distractors]
         path, counts = export.write_sft(run, examples, distractors, cfg.seed)
-        run.manifest.setdefault("exports", {})["ragsynth_sft"] = {"path": str(path), "records": counts}
+        run.manifest.setdefault("exports", {})["sft_ragsynth"] = {"path": str(path), "records": counts}
     export.write_reference_answers(run, examples)
 
 

@@ -7,7 +7,7 @@
   chunks that answer them); ``query_type`` says which.
 - ``RUN/exports/beir/``: the same queries as a BEIR folder over the run's chunks, one qrels
   split per query type (``original``, ``rewrite``, ``partial``), for ``synthrag eval retrieval``.
-- ``RUN/exports/ragsynth_sft.jsonl``: a chat record per example. The context holds the chunks
+- ``RUN/exports/sft_ragsynth.jsonl``: a chat record per example. The context holds the chunks
   available to the generator (all of them, some, or none for a refusal) plus retrieved but
   irrelevant chunks, sentences numbered; the assistant answer cites them as ``[n]``.
   ``sentence_ids`` maps the numbers back, which is how ``synthrag eval generator`` reads the
@@ -150,7 +150,7 @@ def sft_record(ex: dict, chunks: dict[str, dict], distractors: list[str], seed: 
 
 
 def write_sft(run, examples: list[dict], distractors: dict[str, list[str]], seed: int) -> tuple[Path, dict]:
-    out = run.path("exports") / "ragsynth_sft.jsonl"
+    out = run.path("exports") / "sft_ragsynth.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     needed = {c for ex in examples for c in (ex["references"] or [])} | {c for d in distractors.values() for c in d}
     chunks = _chunks(run, needed)

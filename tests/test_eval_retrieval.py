@@ -124,9 +124,25 @@ def _independent_metrics(run_file: Path, qrels_file: Path) -> dict:
     return {k: v / len(rels) for k, v in sums.items()} | {"num_queries": len(rels)}
 
 
+def _scifact_slice(scifact: Path, out: Path, n_queries: int = 150, n_docs: int = 1200) -> Path:
+    """A real BEIR folder cut from SciFact train: the first judged queries, every document they
+    judge, and other documents up to ``n_docs`` (the full corpus takes minutes to embed on 2 cores;
+    `synthrag eval retrieval` on the whole folder is the same code)."""
+    qrels = load_qrels(scifact, "train")
+    keep_q = sorted(qrels)[:n_queries]
+    needed = {d for q in keep_q for d in qrels[q]}
+    corpus = []
+    for batch in iter_corpus(scifact):
+        for d in batch:
+            if d["_id"] in needed or len(corpus) < n_docs - len(needed):
+                corpus.append(d)
+    queries = load_queries(scifact, "train")
+    return write_beir(out, corpus, {q: queries[q] for q in keep_q}, {q: qrels[q] for q in keep_q}, split="train")
+
+
 @pytest.mark.slow
 def test_scifact_train_end_to_end(shared_data, tmp_path):
-    scifact = shared_data / "scifact"
+    scifact = _scifact_slice(shared_data / "scifact", tmp_path / "scifact")
     run_file, out = tmp_path / "scifact.run", tmp_path / "scifact.json"
     result = CliRunner().invoke(app, ["eval", "retrieval", "--model", "embedded",
                                       "--beir", str(scifact), "--split", "train",
@@ -135,12 +151,11 @@ def test_scifact_train_end_to_end(shared_data, tmp_path):
     printed = json.loads(result.stdout.strip())
     print(json.dumps(printed))
     expected = _independent_metrics(run_file, scifact / "qrels" / "train.tsv")
-    assert printed["num_queries"] == expected["num_queries"] == len(
-        load_qrels(scifact, "train"))
+    assert printed["num_queries"] == expected["num_queries"] == len(load_qrels(scifact, "train")) == 150
     for key in ("ndcg@10", "recall@100", "mrr@10", "p@3"):
         assert printed[key] == pytest.approx(expected[key], abs=1e-6), key
-    # MiniLM on SciFact is a reasonable retriever (test split NDCG@10 = 0.645)
-    assert 0.5 < printed["ndcg@10"] < 0.8 and printed["recall@100"] > 0.8
+    # MiniLM on SciFact is a reasonable retriever (full test split NDCG@10 = 0.645)
+    assert 0.5 < printed["ndcg@10"] < 0.95 and printed["recall@100"] > 0.8
     per_query = defaultdict(int)
     for line in run_file.read_text().splitlines():
         per_query[line.split()[0]] += 1

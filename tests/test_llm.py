@@ -140,6 +140,26 @@ def test_embedded_engine_choice_logprobs_are_teacher_forced(embedded_engine):
     assert long < yes  # more tokens to predict: lower joint probability
 
 
+@pytest.mark.slow
+def test_scoring_prompt_through_the_actor(embedded_engine, monkeypatch):
+    """A scoring prompt (``continuations``) returns teacher-forced log-probs per row: the same
+    numbers as the engine's, batched or not, and a context that holds the answer makes it likelier."""
+    monkeypatch.setattr(llm_mod, "make_engine", lambda cfg: embedded_engine)
+    actor = LLMActor(LLMConfig(max_retries=2).model_dump(), "ragsynth/answer_likelihood", "unit")
+    answer = "Marta Kowalczyk was born in Elblag."
+    rows = [{"context": ctx, "question": "Where was Marta Kowalczyk born?", "answer": answer}
+            for ctx in ("Marta Kowalczyk was born in 1958 in Elblag.", "Cats purr when they are content.")]
+    out = actor(pa.Table.from_pylist(rows)).to_pylist()
+    replies = [json.loads(r["llm_output"]) for r in out]
+    assert all(r["attempts"] == 1 and r["reject_reason"] is None for r in out)
+    n = len(embedded_engine.tok(answer, add_special_tokens=False)["input_ids"])
+    assert replies[0]["tokens"] == replies[1]["tokens"] == [n]
+    assert replies[0]["logprobs"][0] > replies[1]["logprobs"][0]  # the evidence makes the answer likelier
+    p = prompts.load("ragsynth/answer_likelihood")
+    alone = embedded_engine.score([p.messages(rows[1])], [[answer]])[0][0][0]
+    assert alone == pytest.approx(replies[1]["logprobs"][0], abs=1e-3)  # batching does not change scores
+
+
 class _OpenAIHandler(BaseHTTPRequestHandler):
     """A minimal OpenAI-compatible server (the real wire protocol) backed by the real
     embedded model, standing in for vLLM serve / TGI, which cannot run here."""

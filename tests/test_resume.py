@@ -40,7 +40,9 @@ def test_resume_keeps_finished_rows_and_drops_cut_files(ray_local, tmp_path):
 def test_killed_driver_resumes_without_duplicates(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "ragsynth", "--corpus", str(REPO / "examples" / "corpus"),
-           "--out", str(out), "--limit", "8", "--set", "llm.batch_size=1", "--set", "llm.max_retries=0"]
+           "--out", str(out), "--limit", "8", "--set", "llm.batch_size=1", "--set", "llm.max_retries=0",
+           "--set", "ragsynth.multihop.enabled=false", "--set", "ragsynth.rewrites.enabled=false",
+           "--set", "ragsynth.variants.enabled=false"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SYNTHRAG_PROGRESS": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,0 +1,143 @@
+"""`synthrag run ragsynth` end to end with the real embedded models, then both evaluators."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipelines.citations import support
+
+CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
+CAPS = ["--set", "ragsynth.multihop.max_questions=3", "--set", "ragsynth.rewrites.max_questions=2",
+        "--set", "ragsynth.rewrites.per_question=1", "--set", "ragsynth.variants.max_per_question=2",
+        "--set", "llm.max_retries=1"]
+STAGES = ["read", "chunk", "dedupe", "sentences", "ragsynth_clues", "ragsynth_qa", "ragsynth_cite", "ragsynth_ner",
+          "ragsynth_entities_llm", "ragsynth_entities", "ragsynth_bridges", "ragsynth_multihop",
+          "ragsynth_multihop_cite", "ragsynth_single_doc_scores", "ragsynth_single_doc", "ragsynth_rewrite",
+          "ragsynth_rewrite_scores", "ragsynth_rewrite_judge", "ragsynth_variants", "ragsynth_variant_build",
+          "ragsynth_examples", "embed", "ragsynth_lists"]
+
+
+def _table(path: Path) -> list[dict]:
+    return pads.dataset(path, format="parquet").to_table().to_pylist() if path.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def run_dir(ray_local, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    import pipelines.cli_data  # noqa: F401  (registers the commands)
+    from pipelines.cli_app import app
+
+    out = tmp_path_factory.mktemp("ragsynth") / "run"
+    res = CliRunner().invoke(app, ["run", "ragsynth", "--corpus", str(CORPUS), "--out", str(out), *CAPS])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.slow
+def test_every_stage_reports_a_funnel_that_adds_up(run_dir):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "done"
+    assert [s["name"] for s in manifest["stages"]] == STAGES
+    for s in manifest["stages"]:
+        assert s["in"] == s["out"] + sum(s["rejected"].values()), s
+        if sum(s["rejected"].values()):
+            assert (run_dir / "rejects" / s["name"]).is_dir(), s["name"]
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert stages["ragsynth_bridges"]["out"] >= 1 and stages["ragsynth_bridges"]["graph"]["edges"] >= 1
+    assert stages["ragsynth_multihop"]["in"] == stages["ragsynth_bridges"]["out"]
+    assert stages["ragsynth_examples"]["citations_checked"]["missing"] == 0
+    assert (run_dir / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_examples_cite_real_sentences_and_multi_hop_spans_documents(run_dir):
+    examples = _table(run_dir / "examples")
+    sentences = {(r["chunk_id"], r["sentence_id"]): r for r in _table(run_dir / "sentences")}
+    for ex in examples:
+        for c in ex["citations"]:
+            assert (c["chunk_id"], c["sentence_id"]) in sentences
+        if ex["variant_kind"] != "refusal":
+            assert ex["citations"] and ex["rubric"], ex
+            cited = [sentences[(c["chunk_id"], c["sentence_id"])]["text"] for c in ex["citations"]]
+            meta = json.loads(ex["meta"])
+            for s in meta["answer_sentences"]:
+                assert support(s["text"], cited) >= 0.5
+    multi = [ex for ex in examples if ex["task"] == "multi_hop" and ex["variant_kind"] is None]
+    assert multi, "no multi-hop example survived"
+    for ex in multi:
+        docs = {sentences[(c["chunk_id"], c["sentence_id"])]["doc_id"] for c in ex["citations"]}
+        assert len(docs) == ex["hop"] >= 2
+        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"].startswith("ragsynth/multihop_question@")
+        # every p-document query has min(2^p - 2, cap) partial variants and a refusal
+        variants = [v for v in examples if v["variant_of"] == ex["example_id"]]
+        partial = [v for v in variants if v["variant_kind"] == "partial"]
+        assert len(partial) == min(2 ** ex["hop"] - 2, 2)
+        assert [v["references"] for v in variants if v["variant_kind"] == "refusal"] == [[]]
+        for v in partial:
+            assert set(v["references"]) < set(ex["positives"])
+            assert {c["chunk_id"] for c in v["citations"]} <= set(v["references"])
+            assert {r["kind"] for r in v["rubric"]} == {"cover", "acknowledge"}
+    ids = {ex["example_id"] for ex in examples}
+    assert len(ids) == len(examples)
+    assert all(ex["variant_of"] in ids for ex in examples if ex["variant_of"])
+
+
+@pytest.mark.slow
+def test_exports_lists_sft_and_beir(run_dir):
+    examples = _table(run_dir / "examples")
+    lists = _table(run_dir / "retrieval_lists")
+    assert lists
+    for r in lists:
+        assert r["candidates"][0] == r["positive"] and r["query_type"] in ("original", "rewrite", "partial")
+    records = [json.loads(line) for line in (run_dir / "exports" / "sft_ragsynth.jsonl").read_text().splitlines()]
+    assert len(records) == len(examples)
+    assert {r["variant_kind"] for r in records} >= {"full", "partial", "refusal"}
+    for rec in records:
+        assert rec["messages"][-1]["role"] == "assistant" and rec["messages"][-1]["content"]
+    beir = run_dir / "exports" / "beir"
+    assert (beir / "corpus.jsonl").is_file() and (beir / "qrels" / "original.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage(run_dir):
+    from typer.testing import CliRunner
+
+    from pipelines.cli_app import app
+
+    before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "examples").iterdir()}
+    res = CliRunner().invoke(app, ["run", "ragsynth", "--corpus", str(CORPUS), "--out", str(run_dir), *CAPS])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("up to date, skipped") == len(STAGES)
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "examples").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_evaluators_on_the_runs_reference_answers(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    import pipelines.cli_eval_generator  # noqa: F401
+    import pipelines.cli_eval_retrieval  # noqa: F401
+    from pipelines.cli_app import app
+
+    res = CliRunner().invoke(app, ["eval", "generator", "--run", str(run_dir), "--answers",
+                                   str(run_dir / "exports" / "ragsynth_reference_answers.jsonl"),
+                                   "--out", str(tmp_path / "csg.json")])
+    assert res.exit_code == 0, res.output
+    csg = json.loads(res.stdout.strip().splitlines()[-1])
+    assert csg["examples"] == len(_table(run_dir / "examples")) and csg["unanswered"] == 0
+    assert csg["c_cite"] == 1.0  # the run's own answers cite exactly their references
+    assert csg["c_comp"] >= 0.8 and 0.0 <= csg["csg"] <= 1.0
+    assert set(csg["by_kind"]) >= {"full", "partial", "refusal"}
+    per = [json.loads(x) for x in (tmp_path / "csg.examples.jsonl").read_text().splitlines()]
+    assert len(per) == csg["examples"]
+
+    res = CliRunner().invoke(app, ["eval", "retrieval", "--run", str(run_dir), "--model", "embedded"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "original" in got and 0.0 <= got["original"]["p@3"] <= 1.0
+    assert got["original"]["num_queries"] >= 1
