@@ -77,6 +77,7 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
     assert sum(d["kept"] for d in by_type.values()) == filt["out"]
 
     lists = pads.dataset(out / "retrieval_lists").to_table().to_pylist()
+    assert lists, "no generated query survived both filters"
     assert len(lists) == stages["querygen_lists"]["out"] == filt["out"]
     filtered = {r["query_id"]: r for r in pads.dataset(out / "querygen_filtered").to_table().to_pylist()}
     for r in lists:
