@@ -40,7 +40,7 @@ def main() -> None:
     from actors.models import embedded_llm_dir
     from cluster.runtime import connect
     from pipelines.ingest import IngestConfig, ingest
-    from pipelines.ragsynth import _clue_inputs
+    from pipelines.ragsynth_singlehop import clue_inputs
     from pipelines.rundir import Run
     import prompts
 
@@ -66,7 +66,7 @@ def main() -> None:
         "stage_seconds": {k: v["seconds"] for k, v in stages.items()}}}, indent=1))
 
     # ---- LLM: bare engine vs the Ray Data stage, same prompts
-    rows = _clue_inputs(run.read_arrow("chunks").slice(0, args.rows), 12, 4, 0.5)
+    rows = clue_inputs(run.read_arrow("chunks").slice(0, args.rows), 12, 4, 0.5)
     tok = AutoTokenizer.from_pretrained(embedded_llm_dir())
     ntok = lambda texts: sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)  # noqa: E731
     cfg = LLMConfig(batch_size=args.batch_size, max_retries=0, num_cpus=os.cpu_count())

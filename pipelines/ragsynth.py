@@ -492,10 +492,3 @@ def ragsynth(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
     assemble(run, parts)
     exports(run, cfg)
 
-
-def single_hop(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
-    """Single-hop only (the other parts switched off)."""
-    cfg = cfg.model_copy(deep=True)
-    rs = cfg.ragsynth
-    rs.single_hop, rs.multihop.enabled, rs.rewrites.enabled, rs.variants.enabled = True, False, False, False
-    ragsynth(run, cfg, limit=limit)

@@ -213,7 +213,8 @@ def sentence_span(chunk: dict, sid: str, sentence: dict | None) -> tuple[int, in
 
 
 def pick_examples(ds: pads.Dataset, cfg: ReportConfig) -> list[dict]:
-    """Up to ``cfg.examples`` examples, alternating over (method, task), cited ones first."""
+    """Up to ``cfg.examples`` examples, alternating over (method, task, variant kind), cited
+    ones first."""
     want = ["example_id", "method", "task", "query", "answer", "citations", "hop",
             "variant_kind", "model", "stage"]
     cols = [c for c in want if c in ds.schema.names]
@@ -221,7 +222,7 @@ def pick_examples(ds: pads.Dataset, cfg: ReportConfig) -> list[dict]:
     rows.sort(key=lambda r: not r.get("citations"))
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r.get("method"), r.get("task"))].append(r)
+        groups[(r.get("method"), r.get("task"), r.get("variant_kind"))].append(r)
     picked: list[dict] = []
     while len(picked) < cfg.examples and any(groups.values()):
         for key in list(groups):
