@@ -45,8 +45,11 @@ class MultihopConfig(_Part):
     similarity: float = Field(0.92, gt=0, le=1)  # name-embedding cosine that proposes a merge
     confirm_with_llm: bool = False  # a yes/no judge confirms each similarity merge
     single_doc_check: bool = True  # reject questions one document answers alone
-    single_doc_judge: Judge = "likelihood"
-    single_doc_margin: float = 0.0  # likelihood: reject if one document explains the answer within this (nats/token)
+    # question-likelihood: reject if one document makes the question as likely as all of them do
+    # (within single_doc_margin nats/token); answer-likelihood: the same for the reference answer
+    # (vacuous for facts-mode answers, which quote every document); yes-no: ask the model
+    single_doc_judge: Literal["question-likelihood", "answer-likelihood", "yes-no"] = "question-likelihood"
+    single_doc_margin: float = 0.0
     judge_threshold: float = Field(0.5, gt=0, lt=1)  # yes-no: P(yes) that counts as yes
 
     @field_validator("hops")

@@ -169,7 +169,8 @@ def multihop(run: Run, cfg: RunConfig) -> None:
         build_stage(run, "ragsynth_single_doc", ["ragsynth_multihop_cite"],
                     lambda: _or_empty(run, "ragsynth_multihop_candidates"), "ragsynth_multihop")
         return
-    prompt = "ragsynth/answer_likelihood" if m.single_doc_judge == "likelihood" else "ragsynth/answerable_judge"
+    prompt = {"question-likelihood": "ragsynth/question_likelihood", "answer-likelihood": "ragsynth/answer_likelihood",
+              "yes-no": "ragsynth/answerable_judge"}[m.single_doc_judge]
     llm_stage(run, cfg, "ragsynth_single_doc_scores", ["ragsynth_multihop_cite"],
               lambda: _read_or_empty(run, "ragsynth_multihop_candidates").map_batches(mh.single_doc_rows,
                                                                                      batch_format="pyarrow"),

@@ -7,10 +7,15 @@
           ──single-document check──▶ a question one document answers alone is rejected
 
 The single-document check asks the model with each document alone and with all of them. By
-default it compares the log-likelihood of the reference answer (per token): if one document
-explains the answer at least as well as all documents together (within ``single_doc_margin``),
-the question does not need the others. ``single_doc_judge: yes-no`` asks instead whether the
-document answers the question (P(Yes) ≥ threshold), which suits large models.
+default (``question-likelihood``) it compares the log-likelihood of the question per token: if one
+document makes the question at least as likely as all documents together (within
+``single_doc_margin``), the question does not need the others. ``answer-likelihood`` does the same
+with the reference answer (meaningful for model-written answers; facts-mode answers quote every
+document, so they always favour all of them), and ``yes-no`` asks whether the document answers
+the question (P(Yes) ≥ threshold), which suits large models. On HotpotQA bridge questions with
+SmolLM2-135M, question likelihood favoured both gold documents over either alone for 75% of the
+questions, and rejected 44% of controls (a gold document plus an unneeded one): a weak but real
+filter; a larger model is needed for a strong one.
 """
 
 from __future__ import annotations
@@ -235,13 +240,14 @@ def decide_single_doc(group: pa.Table, judge: str, margin: float, threshold: flo
         reason = "judge_failed"
         detail: dict = {"failed": {r["doc"]: r["reject_reason"] for r in failed}}
     else:
-        score = per_token if judge == "likelihood" else yes_probability
+        likelihood = judge.endswith("likelihood")
+        score = per_token if likelihood else yes_probability
         sc = {r["doc"]: score(json.loads(r["llm_output"])) for r in rows}
         singles = {d: v for d, v in sc.items() if d != ALL}
         best_doc, best = max(singles.items(), key=lambda kv: kv[1])
         if ALL not in sc or not singles:
             reason = "judge_failed"
-        elif judge == "likelihood":
+        elif likelihood:
             reason = "answerable_from_one_document" if best >= sc[ALL] - margin else None
         else:
             reason = "answerable_from_one_document" if best >= threshold else None

@@ -150,7 +150,7 @@ class Run:
         """Run a stage unless an identical one already finished (then yields ``None``)."""
         fp = stable_id(name, *[dumps(p) for p in fingerprint_parts])
         if self.is_done(name, fp):
-            print(f"[synthrag] {name}: up to date, skipped")
+            print(f"[synthrag] {name}: up to date, skipped", flush=True)
             yield None
             return
         prev = self.stage_record(name)
@@ -171,7 +171,7 @@ class Run:
         rec.seconds = time.perf_counter() - t0
         self._put_record(rec)
         r = ", ".join(f"{k}={v}" for k, v in sorted(rec.rejected.items())) or "none"
-        print(f"[synthrag] {name}: in={rec.in_} out={rec.out} rejected: {r} ({rec.seconds:.1f}s)")
+        print(f"[synthrag] {name}: in={rec.in_} out={rec.out} rejected: {r} ({rec.seconds:.1f}s)", flush=True)
 
     def commit(self, rec: StageRecord, ds, *, table: str | None, schema: pa.Schema | None = None,
                in_count: int | None = None) -> None:

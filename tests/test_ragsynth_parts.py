@@ -82,11 +82,13 @@ def test_single_document_check():
     ex = _candidate({"question": QUESTION})
     docs = {r["doc"] for r in mh.single_doc_rows(pa.Table.from_pylist([ex])).to_pylist()}
     assert docs == {"harbor", "marta", mh.ALL}
-    kept = mh.decide_single_doc(_scored(ex, {"harbor": -1.3, "marta": -1.1, mh.ALL: -0.6}), "likelihood", 0.0, 0.5)
+    kept = mh.decide_single_doc(_scored(ex, {"harbor": -1.3, "marta": -1.1, mh.ALL: -0.6}), "question-likelihood",
+                                0.0, 0.5)
     row = kept.to_pylist()[0]
     assert row["reject_reason"] is None and "contexts" not in json.loads(row["meta"])
     assert json.loads(row["meta"])["single_doc_check"]["scores"][mh.ALL] == pytest.approx(-0.6)
-    alone = mh.decide_single_doc(_scored(ex, {"harbor": -1.3, "marta": -0.55, mh.ALL: -0.6}), "likelihood", 0.0, 0.5)
+    alone = mh.decide_single_doc(_scored(ex, {"harbor": -1.3, "marta": -0.55, mh.ALL: -0.6}), "answer-likelihood",
+                                 0.0, 0.5)
     assert alone.to_pylist()[0]["reject_reason"] == "answerable_from_one_document"
     # the yes/no judge: P(yes) of any single document at or above the threshold rejects
     yes = mh.decide_single_doc(_scored(ex, {"harbor": 2.0, "marta": -2.0, mh.ALL: 3.0}, "yes-no"), "yes-no", 0.0, 0.5)
