@@ -18,6 +18,7 @@ this module only wires them into stages.
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import pyarrow as pa
@@ -131,7 +132,7 @@ def multihop(run: Run, cfg: RunConfig) -> None:
         ds = ds.map_batches(NER, fn_constructor_kwargs={"labels": m.ner_labels}, batch_size=256,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
                             num_cpus=1)
-        return ds.map_batches(lambda b: _with_keep(b), batch_format="pyarrow")
+        return ds.map_batches(_with_keep, batch_format="pyarrow")
 
     build_stage(run, "ragsynth_ner", ["ragsynth_clues"], sentences, "ragsynth_mentions", schema=None,
                 extra_fp=(m.ner_labels,))
@@ -200,8 +201,6 @@ def _or_empty(run: Run, table: str):
 
 
 def _drop_contexts(b: pa.Table) -> pa.Table:
-    import json
-
     rows = b.to_pylist()
     for r in rows:
         meta = json.loads(r["meta"])
@@ -274,8 +273,6 @@ def _confirm_merges(cfg: RunConfig, similar: list, forms: dict) -> list:
              "a_context": a[1], "b_context": b[1]} for i, (a, b, _) in enumerate(similar)]
     out = llm_map(ray.data.from_items(rows), llm=cfg.llm, prompt="ragsynth/same_entity",
                   stage="ragsynth_entities", prompt_search=cfg.prompt_search()).take_all()
-    import json
-
     ok = {r["pair"] for r in out if r["llm_output"]
           and yes_probability(json.loads(r["llm_output"])) >= cfg.ragsynth.multihop.judge_threshold}
     return [p for i, p in enumerate(similar) if i in ok]
