@@ -60,47 +60,50 @@ def main() -> None:
     print(f"SciFact train: {len(qids)} judged queries -> {len(train)} train / {len(dev)} dev; "
           f"{len(corpus)} documents", flush=True)
 
-    # 1. mine hard negatives with the base model
-    t0 = time.perf_counter()
-    settings = EmbedderSettings()
-    base = load_model("embedded")
-    ids = list(corpus)
+    plain, taught = work / "lists.jsonl", work / "lists_teacher.jsonl"
+    if plain.exists() and taught.exists():  # a rerun on the same --workdir reuses lists and teacher scores
+        subset = taught.read_text().splitlines()
+        print(f"reusing {plain} and {taught} ({len(subset)} teacher-scored lists)", flush=True)
+    else:
+        # 1. mine hard negatives with the base model
+        t0 = time.perf_counter()
+        settings = EmbedderSettings()
+        base = load_model("embedded")
+        ids = list(corpus)
 
-    def batches():
-        for i in range(0, len(ids), 512):
-            chunk = ids[i:i + 512]
-            yield chunk, encode_texts([passage_text(corpus[d]["title"], corpus[d]["text"]) for d in chunk],
-                                      kind="passage", settings=settings, model=base)
+        def batches():
+            for i in range(0, len(ids), 512):
+                chunk = ids[i:i + 512]
+                yield chunk, encode_texts([passage_text(corpus[d]["title"], corpus[d]["text"]) for d in chunk],
+                                          kind="passage", settings=settings, model=base)
 
-    index = VectorIndex.build(write_embeddings(batches(), work / "embeddings"))
-    qvec = encode_texts([queries[q] for q in train], kind="query", settings=settings, model=base)
-    negs, _ = mine_hard_negatives(index, qvec, [set(qrels[q]) for q in train],
-                                  MiningConfig(rank_start=3, rank_end=30, num_negatives=args.negatives))
-    print(f"mined {args.negatives} negatives for {len(train)} queries ({time.perf_counter() - t0:.0f}s)", flush=True)
+        index = VectorIndex.build(write_embeddings(batches(), work / "embeddings"))
+        qvec = encode_texts([queries[q] for q in train], kind="query", settings=settings, model=base)
+        negs, _ = mine_hard_negatives(index, qvec, [set(qrels[q]) for q in train],
+                                      MiningConfig(rank_start=3, rank_end=30, num_negatives=args.negatives))
+        print(f"mined {args.negatives} negatives for {len(train)} queries ({time.perf_counter() - t0:.0f}s)", flush=True)
 
-    def text(d: str) -> str:
-        return passage_text(corpus[d]["title"], corpus[d]["text"])
+        def text(d: str) -> str:
+            return passage_text(corpus[d]["title"], corpus[d]["text"])
 
-    lists = []
-    for q, n in zip(train, negs):
-        for p in sorted(d for d, r in qrels[q].items() if r > 0):
-            lists.append({"query_id": f"{q}:{p}", "query": queries[q], "positive": text(p),
-                          "candidates": [text(p)] + [text(d) for d in n]})
-    plain = work / "lists.jsonl"
-    plain.write_text("".join(json.dumps(r) + "\n" for r in lists))
+        lists = []
+        for q, n in zip(train, negs):
+            for p in sorted(d for d, r in qrels[q].items() if r > 0):
+                lists.append({"query_id": f"{q}:{p}", "query": queries[q], "positive": text(p),
+                              "candidates": [text(p)] + [text(d) for d in n]})
+        plain.write_text("".join(json.dumps(r) + "\n" for r in lists))
 
-    # 2. teacher scores for a subset (the embedded LLM judge is slow on 2 cores)
-    t0 = time.perf_counter()
-    teacher = Teacher(TeacherConfig(judge="query-likelihood", num_cpus=os.cpu_count() or 1, max_passage_chars=10**6))
-    subset = [r for r in lists if r["query_id"].split(":")[0] in set(train[:args.teacher_queries])]
-    raw = [teacher.score(r["query"], r["candidates"]) for r in subset]
-    norm, lo, hi = normalise_scores(raw, 1, 99)
-    taught = work / "lists_teacher.jsonl"
-    taught.write_text("".join(json.dumps({**r, "teacher_scores": s}) + "\n" for r, s in zip(subset, norm)))
-    rank1 = sum(1 for s in raw if max(range(len(s)), key=s.__getitem__) == 0) / max(1, len(raw))
-    print(f"teacher scored {len(subset)} lists ({sum(map(len, raw))} pairs, {time.perf_counter() - t0:.0f}s); "
-          f"positive ranked first by the teacher in {rank1:.0%}", flush=True)
-    del teacher
+        # 2. teacher scores for a subset (the embedded LLM judge is slow on 2 cores)
+        t0 = time.perf_counter()
+        teacher = Teacher(TeacherConfig(judge="query-likelihood", num_cpus=os.cpu_count() or 1, max_passage_chars=10**6))
+        subset = [r for r in lists if r["query_id"].split(":")[0] in set(train[:args.teacher_queries])]
+        raw = [teacher.score(r["query"], r["candidates"]) for r in subset]
+        norm, lo, hi = normalise_scores(raw, 1, 99)
+        taught.write_text("".join(json.dumps({**r, "teacher_scores": s}) + "\n" for r, s in zip(subset, norm)))
+        rank1 = sum(1 for s in raw if max(range(len(s)), key=s.__getitem__) == 0) / max(1, len(raw))
+        print(f"teacher scored {len(subset)} lists ({sum(map(len, raw))} pairs, {time.perf_counter() - t0:.0f}s); "
+              f"positive ranked first by the teacher in {rank1:.0%}", flush=True)
+        del teacher
 
     # 3. the 10% dev set as a BEIR folder over the full corpus
     beir = write_beir(work / "dev", corpus.values(), {q: queries[q] for q in dev}, {q: qrels[q] for q in dev},

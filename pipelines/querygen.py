@@ -10,6 +10,8 @@ Read top to bottom like the paper's figure:
                         1st/99th percentiles (clipped to [0, 1]); candidates above 60% of the
                         positive's score flagged as likely false negatives
                         → RUN/retrieval_lists/, ready for `synthrag train retriever`
+           ──train────▶ (querygen.train.enabled) the retriever on those lists → RUN/retriever/
+           ──evaluate─▶ (querygen.evaluate.beir) base vs trained on held-out BEIR queries
 
 The teacher runs on Ray Serve and is called through a DeploymentHandle.
 """
@@ -17,6 +19,7 @@ The teacher runs on Ray Serve and is called through a DeploymentHandle.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +34,24 @@ from actors.teacher import TeacherConfig
 from pipelines.index import IndexConfig, index_run_chunks
 from pipelines.rundir import Run
 from pipelines.schema import REJECT_DETAIL, REJECT_REASON, RETRIEVAL_LISTS, stable_id, staging
+from training.retriever_config import RetrieverSettings
 
 QUERY_TYPES = ["web_search", "question", "claim", "title", "keywords", "user_style"]
 DEFAULT_EXAMPLES = Path(__file__).resolve().parents[1] / "prompts" / "querygen" / "examples.yaml"
+
+
+class QuerygenTrainConfig(RetrieverSettings):
+    """``querygen.train``: fine-tune a retriever on the run's lists (any `train retriever` field)."""
+
+    enabled: bool = False
+
+
+class QuerygenEvalConfig(BaseModel):
+    """``querygen.evaluate``: score the base and the trained retriever on held-out queries."""
+
+    model_config = ConfigDict(extra="forbid")
+    beir: Path | None = None  # a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv
+    split: str = "test"
 
 
 class QuerygenConfig(BaseModel):
@@ -52,6 +70,8 @@ class QuerygenConfig(BaseModel):
     index: IndexConfig = IndexConfig()
     teacher: TeacherConfig = TeacherConfig(judge="query-likelihood")
     embed_actors: tuple[int, int] = (1, 2)
+    train: QuerygenTrainConfig = QuerygenTrainConfig()
+    evaluate: QuerygenEvalConfig = QuerygenEvalConfig()
 
 
 # ----------------------------------------------------------------------------- sample + generate
@@ -243,6 +263,55 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
             rec.extra["normalisation"] = {"p_lo": lo, "p_hi": hi, "percentiles": list(qg.percentiles)}
             flags = [f for r in rows for f in r["false_negative"]]
             rec.extra["false_negative_rate"] = round(sum(flags) / max(1, len(flags)), 4)
+
+    if qg.train.enabled:
+        train_stage(run, qg)
+    if qg.evaluate.beir:
+        eval_stage(run, qg)
+
+
+def train_stage(run: Run, qg: QuerygenConfig) -> None:
+    """Stage ``querygen_train``: `synthrag train retriever` on this run's lists → ``RUN/retriever/``.
+    An interrupted training resumes from its last checkpoint; new lists or settings start afresh."""
+    from training.retriever import RetrieverTrainConfig, train_retriever
+
+    settings = qg.train.model_dump(exclude={"enabled"})
+    out = run.path("retriever")
+    prev = run.stage_record("querygen_train")
+    with run.stage("querygen_train", run.stage_record("querygen_lists")["fingerprint"], settings) as rec:
+        if rec is not None:
+            if not (prev and prev["fingerprint"] == rec.fingerprint):
+                shutil.rmtree(out, ignore_errors=True)
+            rec.in_ = run.count("retrieval_lists")
+            if rec.in_ == 0:
+                raise ValueError("querygen.train: no retrieval lists survived the filters; nothing to train on "
+                                 "(raise --limit, or see rejects/querygen_filter)")
+            summary = train_retriever(RetrieverTrainConfig(data=run.root, out=out, **settings))
+            rec.out = summary["steps"]
+            rec.extra["training"] = {k: summary[k] for k in ("loss", "best_epoch", "best_dev_loss", "stopped_early",
+                                                             "epochs_run", "steps")}
+
+
+def eval_stage(run: Run, qg: QuerygenConfig) -> None:
+    """Stage ``querygen_eval``: NDCG@10, Recall@100, MRR@10, P@3 of the base retriever and (when
+    trained) of ``RUN/retriever/`` on a BEIR folder of held-out queries → ``RUN/eval_retrieval.json``."""
+    from pipelines.eval_retrieval import evaluate_beir
+
+    ev = qg.evaluate
+    trained = run.stage_record("querygen_train") if qg.train.enabled else None
+    models = {"base": qg.train.base} | ({"trained": str(run.path("retriever"))} if trained else {})
+    with run.stage("querygen_eval", str(ev.beir.resolve()), ev.split, qg.embedder.model_dump(), models,
+                   trained and trained["fingerprint"]) as rec:
+        if rec is not None:
+            results = {}
+            for name, model in models.items():
+                metrics, _ = evaluate_beir(ev.beir, split=ev.split, settings=qg.embedder.model_copy(update={"model": model}))
+                results[name] = {k: round(v, 4) for k, v in metrics.items()}
+                print(f"[synthrag] querygen_eval {name}: {json.dumps(results[name])}", flush=True)
+            rec.in_ = rec.out = int(results["base"].get("num_queries", 0))
+            rec.extra["metrics"] = results
+            (run.path("eval_retrieval.json")).write_text(json.dumps(
+                {"beir": str(ev.beir), "split": ev.split, "models": models, "metrics": results}, indent=2))
 
 
 def _parse_examples(batch: pa.Table) -> pa.Table:

@@ -440,6 +440,8 @@ def build_context(run: Path, cfg: ReportConfig) -> dict:
         "examples": _section(warnings, "examples",
                              lambda: examples_with_sources(tables, cfg), []),
         "rejects": _section(warnings, "rejects", lambda: reject_samples(run, cfg), {}),
+        "evaluations": [(s["name"], s["metrics"]) for s in stages
+                        if isinstance(s.get("metrics"), dict) and all(isinstance(v, dict) for v in s["metrics"].values())],
         "config_json": json.dumps(manifest.get("config", {}), indent=2, default=str),
         "fmt_seconds": _fmt_seconds,
         "warnings": warnings,
@@ -552,6 +554,13 @@ TEMPLATE = """<!DOCTYPE html>
     <div class="kpi"><div class="v">{{ "{:,}".format(n) }}</div><div class="k">{{ name }}</div></div>
     {% endfor %}
   </div>
+  {% for stage, models in evaluations %}
+  <h3>{{ stage }}</h3>
+  {% set keys = (models.values()|first).keys()|list %}
+  <table><tr><th>model</th>{% for k in keys %}<th class="num">{{ k }}</th>{% endfor %}</tr>
+  {% for name, m in models.items() %}<tr><td>{{ name }}</td>{% for k in keys %}<td class="num">{{ m.get(k) }}</td>{% endfor %}</tr>{% endfor %}
+  </table>
+  {% endfor %}
 </section>
 
 <section id="funnel"><h2>Funnel</h2>

@@ -88,3 +88,35 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
         assert int(np.argmax(raw)) == r["candidates"].index(r["positive"])  # teacher's rank 1
         assert r["false_negative"][r["candidates"].index(r["positive"])] is False
         assert len(r["query"].split()) < 20
+
+    # the same run, now end to end: train on the lists, evaluate base vs trained on held-out
+    # SciFact train queries judged within these documents (a BEIR folder); earlier stages are reused
+    from pipelines.beir import iter_corpus, load_qrels, load_queries, write_beir
+
+    scifact = shared_data / "scifact"
+    docs = [d for batch in iter_corpus(tmp_path) for d in batch]  # tmp_path/corpus.jsonl
+    ids = {d["_id"] for d in docs}
+    qrels = {q: {d: r for d, r in rel.items() if d in ids} for q, rel in load_qrels(scifact, "train").items()}
+    qrels = {q: rel for q, rel in qrels.items() if rel}
+    queries = {q: t for q, t in load_queries(scifact, "train").items() if q in qrels}
+    beir = write_beir(tmp_path / "beir", docs, queries, qrels, split="dev")
+    res = CliRunner().invoke(app, ["run", "querygen", "--corpus", str(corpus), "--out", str(out), "--limit", "12",
+                                   "--set", "querygen.query_types=[question,keywords,title]",
+                                   "--set", "llm.batch_size=12", "--set", "querygen.train.enabled=true",
+                                   "--set", "querygen.train.epochs=1", "--set", "querygen.train.batch_size=4",
+                                   "--set", "querygen.train.negatives=3", "--set", "querygen.train.loss=combined",
+                                   "--set", f"querygen.evaluate.beir={beir}", "--set", "querygen.evaluate.split=dev"])
+    assert res.exit_code == 0, res.output
+    assert "querygen_generate: up to date" in res.output and "querygen_lists: up to date" in res.output
+    stages = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["stages"]}
+    assert stages["querygen_train"]["in"] == len(lists) and stages["querygen_train"]["training"]["steps"] >= 1
+    report = json.loads((out / "eval_retrieval.json").read_text())
+    assert set(report["metrics"]) == {"base", "trained"}
+    for m in report["metrics"].values():
+        assert m["num_queries"] == len(queries) and 0.0 <= m["ndcg@10"] <= 1.0
+    assert stages["querygen_eval"]["metrics"] == report["metrics"]
+
+    from sentence_transformers import SentenceTransformer
+
+    trained = SentenceTransformer(str(out / "retriever"), device="cpu")
+    assert trained.encode(["a query"]).shape == (1, 384)

@@ -165,3 +165,14 @@ def test_a_broken_table_is_a_warning_not_a_failure(run_dir: Path):
     html = report.write_report(run_dir).read_text()
     assert "Report warnings" in html and "examples" in html
     assert "generate_questions" in html  # the funnel still renders
+
+
+def test_retrieval_metrics_of_a_stage_are_tabled(tmp_path: Path):
+    stage = {"name": "querygen_eval", "in": 81, "out": 81, "rejected": {}, "status": "done", "seconds": 3.0,
+             "metrics": {"base": {"ndcg@10": 0.7604, "recall@100": 0.9465},
+                         "trained": {"ndcg@10": 0.7712, "recall@100": 0.9512}}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "done", "stages": [stage]}))
+    html = report.render(tmp_path)
+    assert "<h3>querygen_eval</h3>" in html
+    for cell in ("<td>base</td>", "<td>trained</td>", "0.7604", "0.9512", '<th class="num">recall@100</th>'):
+        assert cell in html

@@ -32,13 +32,13 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossName = Literal["contrastive", "listwise", "combined", "pairwise"]
+from training.retriever_config import LossName
 
 
 @dataclass

@@ -38,10 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipelines.schema import stable_id
-from training.losses import LossName, needs_teacher, teacher_false_negatives
+from training.losses import needs_teacher, teacher_false_negatives
+from training.retriever_config import RetrieverTrainConfig
 
 RUN_NAME = "retriever"
 
@@ -59,54 +60,6 @@ FIXED = pa.schema([
 
 class DataError(ValueError):
     """The training lists are missing, malformed or unsuitable for the chosen loss."""
-
-
-class RetrieverTrainConfig(BaseModel):
-    """Everything a retriever training run needs; validated once at the edge (CLI)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path
-    base: str = "embedded"
-    out: Path
-    loss: LossName = "combined"
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1, description="queries per optimizer step, all workers")
-    chunk_size: int = Field(32, ge=1, description="texts per GradCache forward/backward")
-    loss_chunk_size: int | None = Field(None, ge=1, description="query rows per loss block")
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: int = Field(1, ge=1)
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    lr: float = Field(2e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_steps: int | None = Field(None, ge=1)
-    negatives: int = Field(19, ge=0, description="K hard negatives per query")
-    fn_fraction: float | None = Field(0.6, ge=0, description="teacher false-negative threshold")
-    tau: float = Field(0.01, gt=0)
-    tau_student: float = Field(0.05, gt=0)
-    tau_teacher: float = Field(0.3, gt=0)
-    listwise_weight: float = Field(1.0, ge=0)
-    contrastive_weight: float = Field(0.1, ge=0)
-    pairwise_tau: float = Field(0.05, gt=0)
-    dev_fraction: float = Field(0.1, gt=0, lt=1)
-    patience: int = Field(2, ge=1)
-    min_delta: float = Field(0.0, ge=0, description="dev-loss decrease that counts as improvement")
-    max_length: int | None = Field(None, ge=8)
-    query_prefix: str = ""
-    passage_prefix: str = ""
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.batch_size < self.workers:
-            raise ValueError(f"batch_size {self.batch_size} < workers {self.workers}")
-        return self
-
-    def loss_kwargs(self) -> dict:
-        return dict(tau=self.tau, tau_student=self.tau_student, tau_teacher=self.tau_teacher,
-                    listwise_weight=self.listwise_weight,
-                    contrastive_weight=self.contrastive_weight, pairwise_tau=self.pairwise_tau)
 
 
 # ---------------------------------------------------------------------------------- input lists

@@ -1,0 +1,64 @@
+"""The retriever-training settings, kept free of torch so run configs can embed them cheaply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LossName = Literal["contrastive", "listwise", "combined", "pairwise"]
+
+
+class RetrieverSettings(BaseModel):
+    """How to train a retriever: everything but the data and the output directory. Pipelines
+    embed it in their config (``querygen.train``); the CLI fills it from flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = "embedded"
+    loss: LossName = "combined"
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1, description="queries per optimizer step, all workers")
+    chunk_size: int = Field(32, ge=1, description="texts per GradCache forward/backward")
+    loss_chunk_size: int | None = Field(None, ge=1, description="query rows per loss block")
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_steps: int | None = Field(None, ge=1)
+    negatives: int = Field(19, ge=0, description="K hard negatives per query")
+    fn_fraction: float | None = Field(0.6, ge=0, description="teacher false-negative threshold")
+    tau: float = Field(0.01, gt=0)
+    tau_student: float = Field(0.05, gt=0)
+    tau_teacher: float = Field(0.3, gt=0)
+    listwise_weight: float = Field(1.0, ge=0)
+    contrastive_weight: float = Field(0.1, ge=0)
+    pairwise_tau: float = Field(0.05, gt=0)
+    dev_fraction: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(2, ge=1)
+    min_delta: float = Field(0.0, ge=0, description="dev-loss decrease that counts as improvement")
+    max_length: int | None = Field(None, ge=8)
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.batch_size < self.workers:
+            raise ValueError(f"batch_size {self.batch_size} < workers {self.workers}")
+        return self
+
+    def loss_kwargs(self) -> dict:
+        return dict(tau=self.tau, tau_student=self.tau_student, tau_teacher=self.tau_teacher,
+                    listwise_weight=self.listwise_weight,
+                    contrastive_weight=self.contrastive_weight, pairwise_tau=self.pairwise_tau)
+
+
+class RetrieverTrainConfig(RetrieverSettings):
+    """Everything a retriever training run needs; validated once at the edge (CLI)."""
+
+    data: Path
+    out: Path
