@@ -58,6 +58,9 @@ FIXED = pa.schema([
 ])
 
 
+LOG_EVERY_S = 30.0  # a progress line from rank 0 at most this often
+
+
 class DataError(ValueError):
     """The training lists are missing, malformed or unsuitable for the chosen loss."""
 
@@ -331,7 +334,7 @@ def train_loop(config: dict) -> None:
     dev_batch = max(1, min(local_batch, config["n_dev"] // world))
 
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
+        t0 = last_log = time.perf_counter()
         model.train()
         losses = []
         batches = train_shard.iter_batches(batch_size=local_batch, drop_last=True,
@@ -345,6 +348,10 @@ def train_loop(config: dict) -> None:
             optimizer.step()
             scheduler.step()
             state["step"] += 1
+            if rank == 0 and time.perf_counter() - last_log >= LOG_EVERY_S:
+                last_log = time.perf_counter()
+                print(f"[synthrag] epoch {epoch}: step {len(losses)}/{steps_per_epoch}, loss {losses[-1]:.4f}, "
+                      f"{len(losses) / (last_log - t0):.2f} steps/s", flush=True)
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 break
         train_loss = _mean_across_workers(losses, device)
