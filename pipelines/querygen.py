@@ -287,7 +287,7 @@ def train_stage(run: Run, qg: QuerygenConfig) -> None:
                 raise ValueError("querygen.train: no retrieval lists survived the filters; nothing to train on "
                                  "(raise --limit, or see rejects/querygen_filter)")
             summary = train_retriever(RetrieverTrainConfig(data=run.root, out=out, **settings))
-            rec.out = summary["steps"]
+            rec.out = rec.in_  # every list is used (90% train, 10% dev); steps are in "training"
             rec.extra["training"] = {k: summary[k] for k in ("loss", "best_epoch", "best_dev_loss", "stopped_early",
                                                              "epochs_run", "steps")}
 

@@ -103,13 +103,15 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
     res = CliRunner().invoke(app, ["run", "querygen", "--corpus", str(corpus), "--out", str(out), "--limit", "12",
                                    "--set", "querygen.query_types=[question,keywords,title]",
                                    "--set", "llm.batch_size=12", "--set", "querygen.train.enabled=true",
-                                   "--set", "querygen.train.epochs=1", "--set", "querygen.train.batch_size=4",
+                                   "--set", "querygen.train.epochs=1", "--set", "querygen.train.batch_size=1",
                                    "--set", "querygen.train.negatives=3", "--set", "querygen.train.loss=combined",
                                    "--set", f"querygen.evaluate.beir={beir}", "--set", "querygen.evaluate.split=dev"])
     assert res.exit_code == 0, res.output
     assert "querygen_generate: up to date" in res.output and "querygen_lists: up to date" in res.output
     stages = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["stages"]}
     assert stages["querygen_train"]["in"] == len(lists) and stages["querygen_train"]["training"]["steps"] >= 1
+    for s in stages.values():
+        assert s["in"] == s["out"] + sum(s["rejected"].values()), s
     report = json.loads((out / "eval_retrieval.json").read_text())
     assert set(report["metrics"]) == {"base", "trained"}
     for m in report["metrics"].values():
