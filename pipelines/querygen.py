@@ -277,10 +277,9 @@ def train_stage(run: Run, qg: QuerygenConfig) -> None:
 
     settings = qg.train.model_dump(exclude={"enabled"})
     out = run.path("retriever")
-    prev = run.stage_record("querygen_train")
     with run.stage("querygen_train", run.stage_record("querygen_lists")["fingerprint"], settings) as rec:
         if rec is not None:
-            if not (prev and prev["fingerprint"] == rec.fingerprint):
+            if not rec.resumed:  # Ray Train resumes from RUN/retriever/ only for the same lists and settings
                 shutil.rmtree(out, ignore_errors=True)
             rec.in_ = run.count("retrieval_lists")
             if rec.in_ == 0:

@@ -57,6 +57,7 @@ class StageRecord:
     out: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False  # an interrupted run of this same stage (same fingerprint) is continued
 
     def to_json(self) -> dict:
         return {"name": self.name, "in": self.in_, "out": self.out, "rejected": self.rejected,
@@ -154,10 +155,11 @@ class Run:
             yield None
             return
         prev = self.stage_record(name)
-        if not (prev and prev["fingerprint"] == fp and prev["status"] != "done"):
+        resumed = bool(prev and prev["fingerprint"] == fp and prev["status"] != "done")
+        if not resumed:
             # a fresh start; an interrupted run of the same stage keeps its finished rows (resume)
             shutil.rmtree(self.root / ".staging" / name, ignore_errors=True)
-        rec = StageRecord(name=name, fingerprint=fp)
+        rec = StageRecord(name=name, fingerprint=fp, resumed=resumed)
         self._put_record(rec)
         t0 = time.perf_counter()
         try:
