@@ -6,9 +6,13 @@
 The corpus is real text (SciFact sentences when ../shared/data is present, else the bundled
 examples) recombined with variation: each passage is 3-6 sentences drawn by a seeded RNG, with a
 passage number, and ~2% exact duplicates and ~1% contained excerpts so dedupe has work to do.
-It is written to disk as a stream (never held in memory). Prints seconds per stage and the peak
-resident memory of the driver and of all Ray processes together, sampled every 0.5 s, so the
-100k and 1M runs show whether memory stays bounded as the corpus grows.
+It is written to disk as a stream (never held in memory). The stages are the pipelines' own
+(ingest, then the ``embed`` and ``index`` stages every method uses), so rerunning with the same
+``--workdir`` after a kill resumes like a real run: finished stages are skipped and embedding
+continues from the rows already written. Prints seconds and rows per stage and the peak memory
+per phase (ingest, embed + index) and overall: the driver's RSS, and the PSS of the driver and
+every Ray process together (shared object-store pages counted once), sampled every second, so
+the 100k and 1M runs show whether memory stays bounded as the corpus grows.
 """
 
 from __future__ import annotations
@@ -60,27 +64,37 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> None:
 
 
 class PeakMemory:
-    """Peak RSS of this process and of every Ray process, sampled in a thread."""
+    """Peak memory of this process (RSS) and of this process plus every Ray process together
+    (PSS, so pages they share, like the object store, count once), sampled in a thread; peaks
+    are kept per phase (``mem.phase = "embed"``) and overall."""
 
-    def __init__(self):
-        self.driver = self.total = 0
+    def __init__(self, every_s: float = 1.0):
+        self.every_s = every_s
+        self.phase = "start"
+        self.peaks: dict[str, dict[str, int]] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
+    def _sample(self) -> tuple[int, int]:
         me = psutil.Process()
+        total = 0
+        for p in psutil.process_iter(["name", "cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if p.pid == me.pid or "ray" in (p.info["name"] or "") or "ray::" in cmd or "/ray/" in cmd:
+                    total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
+                continue
+        return me.memory_info().rss, total
+
+    def _run(self):
         while not self._stop.is_set():
-            total = 0
-            for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
-                try:
-                    cmd = " ".join(p.info["cmdline"] or [])
-                    if p.pid == me.pid or "ray" in (p.info["name"] or "") or "ray::" in cmd or "/ray/" in cmd:
-                        total += p.info["memory_info"].rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
-                    continue
-            self.driver = max(self.driver, me.memory_info().rss)
-            self.total = max(self.total, total)
-            time.sleep(0.5)
+            driver, total = self._sample()
+            for key in (self.phase, "all"):
+                peak = self.peaks.setdefault(key, {"driver_rss_mb": 0, "all_ray_pss_mb": 0})
+                peak["driver_rss_mb"] = max(peak["driver_rss_mb"], driver >> 20)
+                peak["all_ray_pss_mb"] = max(peak["all_ray_pss_mb"], total >> 20)
+            time.sleep(self.every_s)
 
     def __enter__(self):
         self._t.start()
@@ -94,13 +108,15 @@ class PeakMemory:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passages", type=int, default=100_000)
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="rerun with the same folder to resume an interrupted benchmark")
     ap.add_argument("--embed-actors", type=int, default=2)
     ap.add_argument("--skip-embed", action="store_true")
     args = ap.parse_args()
 
+    from actors.embedder import EmbedderSettings
     from cluster.runtime import connect
-    from pipelines.index import IndexConfig, VectorIndex, embed_passages
+    from pipelines.index import IndexConfig, index_run_chunks
     from pipelines.ingest import IngestConfig, ingest
     from pipelines.rundir import Run
 
@@ -108,29 +124,30 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.jsonl"
     t0 = time.perf_counter()
-    write_corpus(corpus, args.passages)
+    done_marker = work / f"corpus.{args.passages}.done"
+    if not done_marker.exists():  # the corpus is seeded: an interrupted benchmark reuses it
+        write_corpus(corpus, args.passages)
+        done_marker.touch()
     figures = {"passages": args.passages, "corpus_mb": round(corpus.stat().st_size / 2**20, 1),
                "generate_s": round(time.perf_counter() - t0, 1)}
     connect()
     with PeakMemory() as mem:
-        run = Run.open(work / "run", command="bench_scale", config={})
-        t = time.perf_counter()
+        run = Run.open(work / "run", command="bench_scale", config={"passages": args.passages})
+        mem.phase = "ingest"
         ingest(run, corpus, IngestConfig(splitter="regex"))
-        figures["ingest_s"] = round(time.perf_counter() - t, 1)
-        figures["stages"] = {s["name"]: {"s": s["seconds"], "in": s["in"], "out": s["out"], "rejected": s["rejected"]}
-                             for s in run.manifest["stages"]}
         if not args.skip_embed:
-            t = time.perf_counter()
-            emb = embed_passages(run.path("chunks"), run.path("embeddings"), id_column="chunk_id",
-                                 text_columns=("text",), use_ray=True, min_actors=1, max_actors=args.embed_actors)
-            figures["embed_s"] = round(time.perf_counter() - t, 1)
-            t = time.perf_counter()
-            index = VectorIndex.build(emb, IndexConfig(), id_column="chunk_id")
-            index.save(run.path("index"))
-            figures["index_s"] = round(time.perf_counter() - t, 1)
-            figures["index_kind"] = index.kind
-    figures["peak_rss_driver_mb"] = round(mem.driver / 2**20)
-    figures["peak_rss_all_ray_mb"] = round(mem.total / 2**20)
+            mem.phase = "embed"
+            index_run_chunks(run, EmbedderSettings(), IndexConfig(), actors=(1, args.embed_actors))
+        mem.phase = "end"
+    stages = {s["name"]: s for s in run.manifest["stages"]}
+    figures["stages"] = {n: {"s": round(s["seconds"], 1), "in": s["in"], "out": s["out"],
+                             **({"rejected": s["rejected"]} if s["rejected"] else {}),
+                             **({"resumed_rows": s["resumed_rows"]} if s.get("resumed_rows") else {}),
+                             **({"kind": s["kind"]} if "kind" in s else {})}
+                         for n, s in stages.items()}
+    if "embed" in stages and stages["embed"]["seconds"]:
+        figures["embed_rows_per_s"] = round(stages["embed"]["out"] / stages["embed"]["seconds"], 1)
+    figures["peak_memory"] = mem.peaks
     print(json.dumps(figures, indent=1))
 
 

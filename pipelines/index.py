@@ -339,13 +339,17 @@ def embed_passages(source: str | Path, out_dir: str | Path, *, settings=None, mo
                    id_column: str = ID_COLUMN, text_columns: Sequence[str] = ("title", "text"),
                    batch_size: int = 2048, use_ray: bool = False, min_actors: int = 1,
                    max_actors: int = 1, cpus_per_actor: float = 1,
-                   gpus_per_actor: float = 0) -> Path:
+                   gpus_per_actor: float = 0, staging: str | Path | None = None) -> Path:
     """Embed a Parquet table of passages (e.g. ``RUN/chunks``) into an embeddings folder.
 
     The embedded text is the ``text_columns`` present in the table joined by a space (title and
     text, as BEIR does). In-process by default (``model`` may be a loaded checkpoint); with
-    ``use_ray`` an autoscaling pool of :class:`actors.embedder.Embedder` actors does the work
-    and Ray Data writes the Parquet.
+    ``use_ray`` an autoscaling pool of :class:`actors.embedder.Embedder` actors does the work:
+    the input streams in blocks of ``batch_size`` rows and each finished block is written to
+    ``staging`` at once. Given a ``staging`` folder (a run stage's, whose fingerprint covers the
+    model and settings), rows an interrupted run already wrote there are kept and not embedded
+    again; without one, a private folder next to ``out_dir`` starts empty. On success the folder
+    becomes ``out_dir``.
     """
     from actors.embedder import EmbedderSettings, embed_dataset, encode_texts
 
@@ -371,6 +375,8 @@ def embed_passages(source: str | Path, out_dir: str | Path, *, settings=None, mo
 
     import ray.data
 
+    from pipelines.rundir import drop_keys, finished_keys
+
     if settings.kind != "passage":
         settings = settings.model_copy(update={"kind": "passage"})
 
@@ -379,10 +385,14 @@ def embed_passages(source: str | Path, out_dir: str | Path, *, settings=None, mo
                          "_text": pa.array(_joined_text(b, text_columns), pa.string())})
 
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(staging) if staging is not None else out.with_name(out.name + ".tmp")
+    if staging is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     ds = ray.data.read_parquet(files, columns=[id_column, *text_columns])
-    ds = ds.map_batches(join, batch_format="pyarrow", batch_size=batch_size)
+    ds = drop_keys(ds, id_column, finished_keys(tmp, id_column))
+    # blocks of one batch: each reaches the writer (and disk) as soon as it is embedded
+    ds = ds.map_batches(join, batch_format="pyarrow").repartition(target_num_rows_per_block=batch_size)
     ds = embed_dataset(ds, text_column="_text", output_column=VECTOR_COLUMN, settings=settings,
                        min_actors=min_actors, max_actors=max_actors,
                        cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
@@ -394,16 +404,27 @@ def embed_passages(source: str | Path, out_dir: str | Path, *, settings=None, mo
 
 
 def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[int, int] = (1, 2)) -> None:
-    """Stage ``embed``: the run's chunks (title + text) embedded by an actor pool into
-    ``RUN/embeddings/`` and indexed into ``RUN/index/``; skipped when chunks and settings are
-    unchanged. Shared by every pipeline that retrieves over its own corpus."""
-    chunk_fp = run.stage_record("dedupe")["fingerprint"]
-    with run.stage("embed", chunk_fp, settings.model_dump(), index_config.model_dump()) as rec:
+    """Stages ``embed`` and ``index``: the run's chunks (title + text) embedded by an actor pool
+    into ``RUN/embeddings/``, then indexed into ``RUN/index/``. Each is skipped when its inputs
+    and settings are unchanged (a new index kind reuses the embeddings), and an interrupted
+    ``embed`` resumes from the rows it had written. Shared by every pipeline that retrieves over
+    its own corpus; later stages depend on the ``index`` stage."""
+    from pipelines.rundir import finished_keys
+
+    with run.stage("embed", run.stage_record("dedupe")["fingerprint"], settings.model_dump()) as rec:
         if rec is not None:
             lo, hi = actors
+            staging = run.staging_dir("embed")  # kept by a rerun after a crash: embedded rows are not redone
+            rec.extra["resumed_rows"] = len(finished_keys(staging, "chunk_id"))
             embed_passages(run.path("chunks"), run.path("embeddings"), settings=settings, id_column="chunk_id",
-                           text_columns=("title", "text"), use_ray=True, min_actors=lo, max_actors=hi)
+                           text_columns=("title", "text"), use_ray=True, min_actors=lo, max_actors=hi,
+                           staging=staging)
+            rec.in_ = run.count("chunks")
+            rec.out = run.count("embeddings")
+    with run.stage("index", run.stage_record("embed")["fingerprint"], index_config.model_dump()) as rec:
+        if rec is not None:
             index = VectorIndex.build(run.path("embeddings"), index_config, id_column="chunk_id")
             index.save(run.path("index"))
-            rec.in_ = run.count("chunks")
+            rec.in_ = run.count("embeddings")
             rec.out = len(index)
+            rec.extra["kind"] = index.kind

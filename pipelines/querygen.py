@@ -233,7 +233,7 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
     index_run_chunks(run, qg.embedder, qg.index, actors=qg.embed_actors)
 
     with run.stage("querygen_filter", run.stage_record("querygen_generate")["fingerprint"],
-                   run.stage_record("embed")["fingerprint"], qg.top_k, qg.teacher.model_dump(mode="json")) as rec:
+                   run.stage_record("index")["fingerprint"], qg.top_k, qg.teacher.model_dump(mode="json")) as rec:
         if rec is not None:
             handle = _start_teacher(qg.teacher)
             try:

@@ -450,7 +450,7 @@ def exports(run: Run, cfg: RunConfig) -> None:
     index_run_chunks(run, ex_cfg.embedder, ex_cfg.index)
     queries = export.retrieval_queries(examples)
     if ex_cfg.lists:
-        with run.stage("ragsynth_lists", *_fp(run, "ragsynth_examples", "embed"), ex_cfg.negatives,
+        with run.stage("ragsynth_lists", *_fp(run, "ragsynth_examples", "index"), ex_cfg.negatives,
                        ex_cfg.mining.model_dump()) as rec:
             if rec is not None:
                 negs = export.mine(run, queries, ex_cfg)

@@ -184,14 +184,14 @@ class Run:
         ``in`` is then ``out + rejected``, and a stage that drops rows elsewhere must pass them
         through ``ds`` as rejects instead.
         """
-        staging = self._staging(rec.name)
+        staging = self.staging_dir(rec.name)
         if isinstance(ds, pa.Table):
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             pq.write_table(ds, staging / "part-0.parquet")
         else:
             ds.write_parquet(str(staging))  # adds files next to rows kept by an interrupted run
-        files = self._complete_files(staging)
+        files = complete_files(staging)
         staged = pads.dataset(files, format="parquet") if files else None
         reasons: dict[str, int] = {}
         total = 0
@@ -216,23 +216,12 @@ class Run:
             raise AssertionError(f"{rec.name}: funnel does not add up ({rec.in_} in, "
                                  f"{rec.out} out, {rejected_n} rejected)")
 
-    def _staging(self, stage: str) -> Path:
+    def staging_dir(self, stage: str) -> Path:
+        """Where ``stage`` writes rows as they finish; kept when an interrupted run of the same
+        stage (same fingerprint) is resumed, emptied on a fresh start (see :meth:`stage`)."""
         path = self.root / ".staging" / stage
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-    @staticmethod
-    def _complete_files(folder: Path) -> list[Path]:
-        """Parquet files with a valid footer; a file cut off by a crash is deleted (its rows are
-        simply computed again)."""
-        good = []
-        for f in sorted(folder.glob("*.parquet")):
-            try:
-                pq.read_metadata(f)
-                good.append(f)
-            except Exception:
-                f.unlink(missing_ok=True)
-        return good
 
     def resume(self, rec: StageRecord, ds, key: str):
         """Row-level resume: drop the rows of ``ds`` whose ``key`` an interrupted run of this
@@ -241,14 +230,9 @@ class Run:
         Works because stage output is written to staging as it is produced (file per block) and
         a rerun with the same fingerprint keeps that folder (see :meth:`stage`).
         """
-        files = self._complete_files(self._staging(rec.name))
-        done: set = set()
-        for f in files:
-            done.update(pq.read_table(f, columns=[key]).column(0).to_pylist())
+        done = finished_keys(self.staging_dir(rec.name), key)
         rec.extra["resumed_rows"] = len(done)
-        if not done:
-            return ds
-        return ds.filter(lambda row: row[key] not in done)
+        return drop_keys(ds, key, done)
 
     def _write_split(self, staged, dest: Path, schema: pa.Schema | None, *, keep: bool) -> None:
         tmp = dest.with_name(dest.name + ".tmp")
@@ -302,3 +286,35 @@ def reject(reason: str, detail: Any = None) -> dict:
 
 
 KEEP = {REJECT_REASON: None, REJECT_DETAIL: None}
+
+
+def complete_files(folder: Path) -> list[Path]:
+    """Parquet files of ``folder`` with a valid footer; a file cut off by a crash is deleted
+    (its rows are simply computed again)."""
+    good = []
+    for f in sorted(Path(folder).glob("*.parquet")):
+        try:
+            pq.read_metadata(f)
+            good.append(f)
+        except Exception:
+            f.unlink(missing_ok=True)
+    return good
+
+
+def finished_keys(folder: Path, key: str) -> pa.Array:
+    """The ``key`` values of the rows already written to ``folder`` (one column read)."""
+    files = complete_files(folder)
+    if not files:
+        return pa.array([], pa.string())
+    return pads.dataset(files, format="parquet").to_table(columns=[key]).column(0).combine_chunks()
+
+
+def drop_keys(ds, key: str, done: pa.Array):
+    """``ds`` without the rows whose ``key`` is in ``done`` (vectorised; ``done`` ships once)."""
+    if len(done) == 0:
+        return ds
+
+    def keep(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.invert(pc.is_in(batch.column(key), value_set=done.cast(batch.schema.field(key).type))))
+
+    return ds.map_batches(keep, batch_format="pyarrow")

@@ -150,3 +150,52 @@ def test_refresh_with_a_checkpoint_re_encodes_and_re_mines(tmp_path):
     assert "p-cat" not in negs[0] and "p-bank" not in negs[1]
     assert {"p-lion", "p-dog"} & set(negs[0])  # the hard negatives are the nearby topics
     assert "p-stock" in negs[1]
+
+
+def test_embed_stage_resumes_from_its_rows_and_a_new_index_reuses_them(ray_local, tmp_path, monkeypatch):
+    """A run killed mid-embedding keeps the rows it wrote; a new index kind does not re-embed."""
+    import pipelines.index as index_mod
+    from actors.embedder import EmbedderSettings, encode_texts
+    from pipelines.index import index_run_chunks, iter_embeddings
+    from pipelines.rundir import Run
+
+    run = Run.open(tmp_path / "run", command="t", config={})
+    ids, texts = list(PASSAGES), list(PASSAGES.values())
+    with run.stage("dedupe", "a corpus"):
+        run.path("chunks").mkdir()
+        pq.write_table(pa.table({"chunk_id": ids, "text": texts}), run.path("chunks") / "part-0.parquet")
+    settings = EmbedderSettings()
+    sentinel = _unit(np.random.default_rng(1).normal(size=(3, 384)))
+
+    def killed_mid_stage(source, out_dir, *, staging, **kwargs):
+        # three rows reached disk, a fourth file was cut off, then the driver died
+        pq.write_table(pa.table({"chunk_id": ids[:3], "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(sentinel.reshape(-1)), 384)}), staging / "written.parquet")
+        (staging / "cut.parquet").write_bytes(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(index_mod, "embed_passages", killed_mid_stage)
+        with pytest.raises(KeyboardInterrupt):
+            index_run_chunks(run, settings, IndexConfig(kind="flat"))
+    assert run.stage_record("embed")["status"].startswith("failed")
+
+    index_run_chunks(run, settings, IndexConfig(kind="flat"))  # the rerun
+    embed = run.stage_record("embed")
+    assert embed["status"] == "done" and embed["resumed_rows"] == 3
+    assert embed["in"] == embed["out"] == len(ids)
+    got = {}
+    for batch_ids, vecs in iter_embeddings(run.path("embeddings")):
+        for i, v in zip(batch_ids.to_pylist(), vecs):
+            assert i not in got  # no row twice
+            got[i] = v
+    assert set(got) == set(ids)
+    np.testing.assert_array_equal(np.stack([got[i] for i in ids[:3]]), sentinel)  # kept, not recomputed
+    fresh = encode_texts(texts[3:], settings=settings)
+    np.testing.assert_allclose(np.stack([got[i] for i in ids[3:]]), fresh, atol=1e-5)
+    assert run.stage_record("index")["kind"] == "flat"
+
+    seconds = embed["seconds"]
+    index_run_chunks(run, settings, IndexConfig(kind="hnsw"))  # only the index changes
+    assert run.stage_record("embed")["seconds"] == seconds
+    assert run.stage_record("index")["kind"] == "hnsw" and run.stage_record("index")["out"] == len(ids)

@@ -18,7 +18,7 @@ STAGES = ["read", "chunk", "dedupe", "sentences", "ragsynth_clues", "ragsynth_qa
           "ragsynth_entities_llm", "ragsynth_entities", "ragsynth_bridges", "ragsynth_multihop",
           "ragsynth_multihop_cite", "ragsynth_single_doc_scores", "ragsynth_single_doc", "ragsynth_rewrite",
           "ragsynth_rewrite_scores", "ragsynth_rewrite_judge", "ragsynth_variants", "ragsynth_variant_build",
-          "ragsynth_examples", "embed", "ragsynth_lists"]
+          "ragsynth_examples", "embed", "index", "ragsynth_lists"]
 
 
 def _table(path: Path) -> list[dict]:
