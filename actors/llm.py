@@ -29,6 +29,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import prompts as prompt_files
+from actors.crash_journal import CrashJournal, row_key
 from prompts import Prompt, Sampling
 
 Messages = list[dict[str, str]]
@@ -53,6 +54,7 @@ class LLMConfig(BaseModel):
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     max_retries: int = Field(2, ge=0)  # extra attempts after the first
+    max_crashes: int = Field(2, ge=1)  # a row held by this many dead workers is rejected, not retried
     retry_temperature: float = 0.7  # used for retries when the prompt is greedy
     seed: int = 0
     max_input_tokens: int = 1536  # longer prompts are truncated from the left of the user text
@@ -388,9 +390,12 @@ class LLMActor:
     """
 
     def __init__(self, llm: dict, prompt: str | dict[str, str], stage: str, check: Check | None = None,
-                 prompt_search: list[str] | None = None, prompt_key: str | None = None):
+                 prompt_search: list[str] | None = None, prompt_key: str | None = None,
+                 journal_dir: str | None = None):
         """``prompt`` is a prompt name, or a mapping {value: prompt name} chosen per row by the
-        row's ``prompt_key`` column (e.g. one prompt per query type in one actor pool)."""
+        row's ``prompt_key`` column (e.g. one prompt per query type in one actor pool).
+        ``journal_dir``: a :class:`~actors.crash_journal.CrashJournal` folder; a row held by
+        ``llm.max_crashes`` dead workers is rejected (``actor_crashed``) instead of retried."""
         self.cfg = LLMConfig.model_validate(llm)
         names = prompt if isinstance(prompt, dict) else {None: prompt}
         if isinstance(prompt, dict) and not prompt_key:
@@ -400,6 +405,7 @@ class LLMActor:
         self.prompt = next(iter(self.prompts.values()))
         self.stage = stage
         self.check = check
+        self.journal = CrashJournal(journal_dir, self.cfg.max_crashes) if journal_dir else None
         self.engine = make_engine(self.cfg)
 
     def _attempt(self, rows: list[dict], attempt: int, prompt: Prompt) -> list[tuple[Any, str, str | None]]:
@@ -455,6 +461,28 @@ class LLMActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
+        if self.journal is None:
+            return self._run(batch, rows)
+        keys = [row_key(r) for r in rows]
+        crashes = self.journal.crashes(keys)
+        if not any(crashes.values()):
+            with self.journal.in_flight(keys):
+                return self._run(batch, rows)
+        # a worker died holding some of these rows: run them one at a time, so the next crash
+        # names the row that caused it, and reject a row once it has been held by max_crashes
+        parts = []
+        for i, (row, key) in enumerate(zip(rows, keys)):
+            one = batch.slice(i, 1)
+            if crashes[key] >= self.journal.max_crashes:
+                err = f"actor_crashed: the worker died {crashes[key]} times while holding this row"
+                parts.append(self._table(one, [row], [(None, "", err, crashes[key])]))
+                continue
+            with self.journal.in_flight([key]):
+                parts.append(self._run(one, [row]))
+        self.journal.forget(keys)
+        return pa.concat_tables(parts)
+
+    def _run(self, batch: pa.Table, rows: list[dict]) -> pa.Table:
         n = len(rows)
         done: list[tuple[Any, str, str | None, int] | None] = [None] * n
         pending = list(range(n))
@@ -475,6 +503,12 @@ class LLMActor:
                     if err is not None and self.prompts[k].continuations is None:
                         still.append(i)  # a scoring prompt is deterministic: no retry
             pending = still
+        return self._table(batch, rows, done)
+
+    def _table(self, batch: pa.Table, rows: list[dict], done: list[tuple[Any, str, str | None, int]]) -> pa.Table:
+        """``batch`` with the output columns of each row's (reply, raw, error, attempts)."""
+        key = (lambda r: r[self.prompt_key]) if self.prompt_key else (lambda r: None)
+        n = len(rows)
         out_cols: dict[str, list] = {k: [] for k in
                                      (OUTPUT, RAW, "stage", "prompt_id", "model", "seed", "attempts",
                                       "reject_reason", "reject_detail")}
@@ -489,7 +523,8 @@ class LLMActor:
             out_cols["attempts"].append(attempts)
             reason = None
             if err:
-                reason = err.split(":", 1)[0] if err.startswith(("engine_error", "check_failed", "unknown_prompt")) else \
+                reason = err.split(":", 1)[0] if err.startswith(("engine_error", "check_failed", "unknown_prompt",
+                                                                  "actor_crashed")) else \
                     ("unparsable_reply" if err.startswith(("no JSON", "invalid JSON")) else
                      "empty_reply" if err.startswith("empty_reply") else
                      "schema_violation" if err.startswith("schema") else err.split(":", 1)[0])
@@ -503,28 +538,39 @@ class LLMActor:
 
 
 def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, check: Check | None = None,
-            prompt_search: list[str] | None = None, prompt_key: str | None = None, rows: int | None = None):
+            prompt_search: list[str] | None = None, prompt_key: str | None = None, rows: int | None = None,
+            journal_dir: str | os.PathLike | None = None):
     """Run ``prompt`` over every row of a Ray dataset with an autoscaling LLM actor pool.
 
-    Actors are restarted by Ray if they crash and their batches retried; rows that still fail
-    come back with ``reject_reason`` set (see :class:`LLMActor`). Given the number of ``rows``,
-    the input is cut into blocks of about one batch (at most 2,000 blocks), so finished rows
-    reach the writer, and disk, while the stage runs: what a crash can lose is bounded.
+    Rows that fail come back with ``reject_reason`` set (see :class:`LLMActor`). A dead actor is
+    restarted by Ray and its batch retried; the rows it held are then run one at a time and a row
+    held by ``llm.max_crashes`` dead actors comes back rejected (``actor_crashed``), so one poison
+    row cannot fail the job. ``journal_dir`` is where the actors record the rows they hold (see
+    :mod:`actors.crash_journal`): a run's staging folder, shared by the cluster; by default a
+    private temporary folder, which counts crashes on one machine. It is emptied here, since
+    records left by a killed driver are not crashes. Given the number of ``rows``, the input is
+    cut into blocks of about one batch (at most 2,000 blocks), so finished rows reach the writer,
+    and disk, while the stage runs: what a crash can lose is bounded.
     """
+    import tempfile
+
     import ray.data
 
+    journal = CrashJournal(journal_dir or tempfile.mkdtemp(prefix=f"synthrag-{stage}-inflight-"), llm.max_crashes)
+    journal.clear()
     if rows:
         ds = ds.repartition(max(1, min(2000, -(-rows // llm.batch_size))))
     lo, hi = llm.concurrency
     return ds.map_batches(
         LLMActor,
         fn_constructor_kwargs=dict(llm=llm.model_dump(), prompt=prompt, stage=stage, check=check,
-                                   prompt_search=prompt_search, prompt_key=prompt_key),
+                                   prompt_search=prompt_search, prompt_key=prompt_key,
+                                   journal_dir=str(journal.folder)),
         batch_size=llm.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
         num_cpus=llm.num_cpus,
         num_gpus=llm.num_gpus or None,
-        max_restarts=3,
-        max_task_retries=3,
+        max_restarts=-1,  # the journal, not a restart budget, bounds how often a row is retried
+        max_task_retries=llm.max_crashes + 2,
     )

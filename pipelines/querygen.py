@@ -212,7 +212,7 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
     if unknown:
         raise ValueError(f"querygen.query_types: unknown {sorted(unknown)}; known: {QUERY_TYPES}")
     chunk_fp = run.stage_record("dedupe")["fingerprint"]
-    llm_fp = llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus"})
+    llm_fp = llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes"})
     examples = load_examples(qg)
 
     with run.stage("querygen_generate", chunk_fp, limit, qg.sample_seed, qg.query_types, examples,
@@ -226,7 +226,8 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
             ds = run.resume(rec, ds, "gen_key").map_batches(_parse_examples, batch_format="pyarrow")
             ds = llm_map(ds, llm=llm, prompt={t: f"querygen/{t}" for t in qg.query_types}, prompt_key="query_type",
                          stage="querygen_generate", check=check_query(qg.max_query_words),
-                         prompt_search=cfg.prompt_search(), rows=len(ids) * len(qg.query_types))
+                         prompt_search=cfg.prompt_search(), rows=len(ids) * len(qg.query_types),
+                         journal_dir=run.staging_dir("querygen_generate") / "inflight")
             run.commit(rec, ds.map_batches(_queries, batch_format="pyarrow"), table="querygen_queries")
             rec.extra["passages"] = len(ids)
 

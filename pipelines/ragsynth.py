@@ -43,7 +43,7 @@ def _fp(run: Run, *names: str) -> list[str]:
 
 
 def _llm_fp(cfg: RunConfig) -> dict:
-    return cfg.llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus"})
+    return cfg.llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes"})
 
 
 def llm_stage(run: Run, cfg: RunConfig, name: str, upstream: list[str], rows: Callable, key: str,
@@ -60,7 +60,8 @@ def llm_stage(run: Run, cfg: RunConfig, name: str, upstream: list[str], rows: Ca
             run.commit(rec, ray_from_arrow(empty), table=table)
             return
         ds = llm_map(ds, llm=cfg.llm, prompt=prompt, stage=name, check=check,
-                     prompt_search=cfg.prompt_search(), prompt_key=prompt_key, rows=n)
+                     prompt_search=cfg.prompt_search(), prompt_key=prompt_key, rows=n,
+                     journal_dir=run.staging_dir(name) / "inflight")
         run.commit(rec, ds, table=table)
 
 

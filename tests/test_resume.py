@@ -119,3 +119,35 @@ def test_killed_llm_actor_loses_nothing(ray_local, tmp_path):
     for r in out:
         assert r["reject_reason"] is None, r["reject_detail"]
         assert json.loads(r["llm_output"])["question"]
+
+
+@pytest.mark.slow
+def test_a_row_that_always_kills_its_actor_is_rejected_and_the_rest_kept(ray_local, tmp_path):
+    """A poison row kills every worker that holds it: after llm.max_crashes deaths it is a reject
+    (actor_crashed) and every other row of its batch still gets its reply."""
+    import ray
+
+    from actors.llm import LLMConfig, llm_map
+
+    deaths = tmp_path / "deaths"
+    deaths.mkdir()
+
+    def check(row, reply):
+        if row["text"].startswith("Boom"):
+            (deaths / f"{os.getpid()}").touch()
+            os._exit(1)
+        return None
+
+    texts = ["Bees make honey from nectar.", "Boom: the fuse blew in the pump house.", "Owls hunt at night."]
+    ds = llm_map(ray.data.from_items([{"text": t} for t in texts]),
+                 llm=LLMConfig(batch_size=3, max_retries=0, max_crashes=2), prompt="test/echo_question",
+                 stage="poison", check=check, journal_dir=tmp_path / "inflight")
+    out = {r["text"]: r for r in ds.take_all()}
+    assert sorted(out) == sorted(texts)
+    assert len(list(deaths.iterdir())) == 2  # held twice (in its batch, then alone), then not run again
+    boom = out[texts[1]]
+    assert boom["reject_reason"] == "actor_crashed" and boom["llm_output"] is None
+    for t in (texts[0], texts[2]):
+        assert out[t]["reject_reason"] is None, out[t]["reject_detail"]
+        assert json.loads(out[t]["llm_output"])["question"]
+    assert not list((tmp_path / "inflight").glob("*.inflight"))  # the journal is clean afterwards
