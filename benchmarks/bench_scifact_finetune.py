@@ -1,7 +1,7 @@
 """MiniLM on SciFact before and after fine-tuning with each retriever loss, printed as a table.
 
     .venv/bin/python benchmarks/bench_scifact_finetune.py [--losses contrastive listwise combined pairwise]
-        [--negatives 3] [--teacher-queries 120] [--epochs 1] [--batch-size 16]
+        [--negatives 3] [--teacher-queries 120] [--train-queries N] [--epochs 1] [--batch-size 16]
 
 The SciFact train queries (../shared/data/scifact) are split 90/10 by a hash of the query id.
 Training lists for the 90%: the judged documents as positives and ``--negatives`` hard negatives
@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--losses", nargs="+", default=["contrastive", "listwise", "combined", "pairwise"])
     ap.add_argument("--negatives", type=int, default=3)
     ap.add_argument("--teacher-queries", type=int, default=120)
+    ap.add_argument("--train-queries", type=int, default=None,
+                    help="train contrastive/pairwise on the lists of the first N train queries (all by default)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workdir", type=Path, default=None)
@@ -109,6 +111,13 @@ def main() -> None:
     beir = write_beir(work / "dev", corpus.values(), {q: queries[q] for q in dev}, {q: qrels[q] for q in dev},
                       split="dev")
 
+    if args.train_queries is not None:  # a shorter run: contrastive/pairwise on a prefix of the train queries
+        keep = set(train[:args.train_queries])
+        rows = [r for r in plain.read_text().splitlines() if json.loads(r)["query_id"].split(":")[0] in keep]
+        plain = work / f"lists_{args.train_queries}.jsonl"
+        plain.write_text("".join(r + "\n" for r in rows))
+    n_plain = len(plain.read_text().splitlines())
+
     results = {}
 
     def evaluate(name: str, model_dir: str) -> None:
@@ -130,7 +139,8 @@ def main() -> None:
         evaluate(f"+ {loss}", str(work / f"model-{loss}"))
 
     print(f"\nSciFact train 90/10 split: {len(train)} train / {len(dev)} dev queries, full corpus "
-          f"({len(corpus)} docs); {args.negatives} mined negatives; teacher on {len(subset)} lists")
+          f"({len(corpus)} docs); {args.negatives} mined negatives; contrastive/pairwise on {n_plain} lists, "
+          f"listwise/combined on {len(subset)} teacher-scored lists")
     print(f"{'model':<20} {'ndcg@10':>8} {'recall@100':>10} {'mrr@10':>8} {'p@3':>8}")
     for name, m in results.items():
         print(f"{name:<20} {m['ndcg@10']:>8.4f} {m['recall@100']:>10.4f} {m['mrr@10']:>8.4f} {m['p@3']:>8.4f}")

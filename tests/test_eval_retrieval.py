@@ -124,7 +124,7 @@ def _independent_metrics(run_file: Path, qrels_file: Path) -> dict:
     return {k: v / len(rels) for k, v in sums.items()} | {"num_queries": len(rels)}
 
 
-def _scifact_slice(scifact: Path, out: Path, n_queries: int = 150, n_docs: int = 1200) -> Path:
+def _scifact_slice(scifact: Path, out: Path, n_queries: int = 100, n_docs: int = 500) -> Path:
     """A real BEIR folder cut from SciFact train: the first judged queries, every document they
     judge, and other documents up to ``n_docs`` (the full corpus takes minutes to embed on 2 cores;
     `synthrag eval retrieval` on the whole folder is the same code)."""
@@ -151,7 +151,7 @@ def test_scifact_train_end_to_end(shared_data, tmp_path):
     printed = json.loads(result.stdout.strip())
     print(json.dumps(printed))
     expected = _independent_metrics(run_file, scifact / "qrels" / "train.tsv")
-    assert printed["num_queries"] == expected["num_queries"] == len(load_qrels(scifact, "train")) == 150
+    assert printed["num_queries"] == expected["num_queries"] == len(load_qrels(scifact, "train")) == 100
     for key in ("ndcg@10", "recall@100", "mrr@10", "p@3"):
         assert printed[key] == pytest.approx(expected[key], abs=1e-6), key
     # MiniLM on SciFact is a reasonable retriever (full test split NDCG@10 = 0.645)

@@ -8,6 +8,7 @@ comparison is tight (rtol 1e-7) despite the 1/0.01 temperature.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -102,13 +103,35 @@ def test_one_worker_gradients_equal_uncached(model_dir, loss_name):
         assert_same(cached_grads(model, loss_name, chunk_size, loss_chunk_size=loss_chunk_size), want)
 
 
-def _worker(rank: int, world: int, init_file: str, model_dir: str, out: str) -> None:
+def _loopback_interface() -> str:
+    import psutil
+
+    return next(name for name, addrs in psutil.net_if_addrs().items()
+                if any(a.address == "127.0.0.1" for a in addrs))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, init_method: str, model_dir: str, out: str) -> None:
+    import datetime
+    import os
+
     import torch.distributed as dist
     from sentence_transformers import SentenceTransformer
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # Gloo binds to the address the host name resolves to unless told otherwise; on loopback
+    # the test cannot depend on how the machine's network is set up.
+    os.environ["GLOO_SOCKET_IFNAME"] = _loopback_interface()
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     model = SentenceTransformer(model_dir, device="cpu").double().eval()
     ddp = DDP(model, find_unused_parameters=True)
     half = 4 // world
@@ -126,8 +149,17 @@ def test_two_workers_ddp_gradients_equal_single_process_full_batch(model_dir, tm
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "grads.pt"
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), model_dir, str(out)), nprocs=2,
-                       join=True, start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}", model_dir, str(out)),
+                             nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 300
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail("the two gloo workers did not finish within 300 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
     got = torch.load(out)
     model = SentenceTransformer(model_dir, device="cpu").double().eval()
     for (name, _), grads in got.items():

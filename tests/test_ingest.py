@@ -102,7 +102,7 @@ def _messy_corpus(root, big_bytes: int):
     lines.insert(4, "not json at all")
     lines.append(json.dumps({"_id": "notext", "title": "no text field"}))
     (root / "records.jsonl").write_text("\n".join(lines) + "\n")
-    # 50 MB of a log that repeats itself: read in shards, chunked, and all but one copy deduped
+    # megabytes of a log that repeats itself: read in shards, chunked, and all but one copy deduped
     line = "Pump station 4 reported normal pressure and flow during the routine hourly check.\n"
     with open(root / "big.txt", "w") as f:
         block = line * 1000
@@ -113,8 +113,8 @@ def _messy_corpus(root, big_bytes: int):
 @pytest.mark.slow
 def test_ingest_messy_folder_end_to_end(ray_local, tmp_path):
     corpus = tmp_path / "corpus"
-    _messy_corpus(corpus, big_bytes=50 * 2**20)
-    cfg = IngestConfig(splitter="regex", chunk_tokens=256, overlap_tokens=0)
+    _messy_corpus(corpus, big_bytes=8 * 2**20)
+    cfg = IngestConfig(splitter="regex", chunk_tokens=256, overlap_tokens=0, shard_bytes=1 << 20)
     run = Run.open(tmp_path / "run", command="test", config={})
     ingest(run, corpus, cfg)
     stages = {s["name"]: s for s in run.manifest["stages"]}
