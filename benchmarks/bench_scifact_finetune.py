@@ -10,6 +10,8 @@ also need teacher scores: the embedded teacher (LLM query-likelihood judge, ~3 p
 scores the lists of the first ``--teacher-queries`` train queries, min-max normalised on the
 1st/99th percentiles; those losses train on that subset. Every model (the base, then one per loss)
 is evaluated on the 10% with the full corpus: NDCG@10, Recall@100, MRR@10, P@3 by pytrec_eval.
+A rerun on the same ``--workdir`` reuses the lists, teacher scores, exported models (``model-<loss>``
+with its metrics.json) and their dev metrics (``metrics/``); delete one to recompute it.
 """
 
 from __future__ import annotations
@@ -120,22 +122,37 @@ def main() -> None:
 
     results = {}
 
+    cached = work / "metrics"  # one file per evaluated model, reused by a rerun on the same --workdir
+    cached.mkdir(exist_ok=True)
+
     def evaluate(name: str, model_dir: str) -> None:
+        f = cached / (name.strip("+ ").split(" ")[0] + ".json")
+        weights = Path(model_dir) / "model.safetensors"
+        if f.exists() and (not weights.exists() or f.stat().st_mtime > weights.stat().st_mtime):
+            results[name] = json.loads(f.read_text())
+            print(f"{name}: {json.dumps(results[name])} (reused {f})", flush=True)
+            return
         t = time.perf_counter()
         metrics, _ = evaluate_beir(beir, split="dev", settings=EmbedderSettings(model=model_dir))
         results[name] = {k: round(v, 4) for k, v in metrics.items() if k != "num_queries"}
+        f.write_text(json.dumps(results[name]))
         print(f"{name}: {json.dumps(results[name])} ({time.perf_counter() - t:.0f}s)", flush=True)
 
     evaluate("MiniLM (base)", "embedded")
     for loss in args.losses:
         data = taught if loss in ("listwise", "combined") else plain
-        t = time.perf_counter()
-        cfg = RetrieverTrainConfig(data=data, base="embedded", out=work / f"model-{loss}", loss=loss,
-                                   epochs=args.epochs, batch_size=args.batch_size, chunk_size=32,
-                                   negatives=args.negatives, cpus_per_worker=os.cpu_count() or 1)
-        summary = train_retriever(cfg)
-        print(f"trained {loss} on {data.name}: {summary.get('steps')} steps, best dev loss "
-              f"{summary.get('best_dev_loss')} ({time.perf_counter() - t:.0f}s)", flush=True)
+        out = work / f"model-{loss}"
+        if (out / "metrics.json").exists():  # exported by an earlier invocation: delete it to retrain
+            done = json.loads((out / "metrics.json").read_text())
+            print(f"reusing {out}: {done.get('steps')} steps, best dev loss {done.get('best_dev_loss')}", flush=True)
+        else:
+            t = time.perf_counter()
+            cfg = RetrieverTrainConfig(data=data, base="embedded", out=out, loss=loss,
+                                       epochs=args.epochs, batch_size=args.batch_size, chunk_size=32,
+                                       negatives=args.negatives, cpus_per_worker=os.cpu_count() or 1)
+            summary = train_retriever(cfg)
+            print(f"trained {loss} on {data.name}: {summary.get('steps')} steps, best dev loss "
+                  f"{summary.get('best_dev_loss')} ({time.perf_counter() - t:.0f}s)", flush=True)
         evaluate(f"+ {loss}", str(work / f"model-{loss}"))
 
     print(f"\nSciFact train 90/10 split: {len(train)} train / {len(dev)} dev queries, full corpus "
