@@ -61,6 +61,11 @@ class LLMConfig(BaseModel):
     guided: bool = True  # JSON-schema constrained decoding (xgrammar on transformers, vLLM's own)
     max_tokens: int | None = None  # overrides every prompt's sampling.max_tokens when set
 
+    def fingerprint(self) -> dict:
+        """The settings that change what the LLM writes (a stage's cache key); how it is run
+        (pool size, batch size, resources, crash budget) is left out."""
+        return self.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes"})
+
     @model_validator(mode="after")
     def _check(self):
         if self.engine == "openai" and not self.base_url:

@@ -212,7 +212,7 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
     if unknown:
         raise ValueError(f"querygen.query_types: unknown {sorted(unknown)}; known: {QUERY_TYPES}")
     chunk_fp = run.stage_record("dedupe")["fingerprint"]
-    llm_fp = llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes"})
+    llm_fp = llm.fingerprint()
     examples = load_examples(qg)
 
     with run.stage("querygen_generate", chunk_fp, limit, qg.sample_seed, qg.query_types, examples,

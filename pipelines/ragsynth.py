@@ -43,7 +43,7 @@ def _fp(run: Run, *names: str) -> list[str]:
 
 
 def _llm_fp(cfg: RunConfig) -> dict:
-    return cfg.llm.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes"})
+    return cfg.llm.fingerprint()
 
 
 def llm_stage(run: Run, cfg: RunConfig, name: str, upstream: list[str], rows: Callable, key: str,
