@@ -8,7 +8,6 @@ comparison is tight (rtol 1e-7) despite the 1/0.01 temperature.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -103,36 +102,16 @@ def test_one_worker_gradients_equal_uncached(model_dir, loss_name):
         assert_same(cached_grads(model, loss_name, chunk_size, loss_chunk_size=loss_chunk_size), want)
 
 
-def _loopback_interface() -> str:
-    import psutil
-
-    return next(name for name, addrs in psutil.net_if_addrs().items()
-                if any(a.address == "127.0.0.1" for a in addrs))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, init_method: str, model_dir: str, out: str) -> None:
-    import datetime
-    import os
-
-    import torch.distributed as dist
+def _ddp_worker(config: dict) -> None:
+    """One Ray Train worker: its half of the batch through GradCache under DDP (gloo)."""
+    import ray.train
     from sentence_transformers import SentenceTransformer
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(1)
-    # Gloo binds to the address the host name resolves to unless told otherwise; on loopback
-    # the test cannot depend on how the machine's network is set up.
-    os.environ["GLOO_SOCKET_IFNAME"] = _loopback_interface()
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
-    model = SentenceTransformer(model_dir, device="cpu").double().eval()
+    model = SentenceTransformer(config["model_dir"], device="cpu").double().eval()
     ddp = DDP(model, find_unused_parameters=True)
     half = 4 // world
     rows = slice(rank * half, (rank + 1) * half)
@@ -140,26 +119,29 @@ def _worker(rank: int, world: int, init_method: str, model_dir: str, out: str) -
                                               loss_chunk_size=loss_chunk)
              for name in LOSSES for loss_chunk in (None, 1)}
     if rank == 0:
-        torch.save(grads, out)
-    dist.destroy_process_group()
+        torch.save(grads, config["out"])
 
 
-def test_two_workers_ddp_gradients_equal_single_process_full_batch(model_dir, tmp_path):
-    import torch.multiprocessing as mp
+def test_two_workers_ddp_gradients_equal_single_process_full_batch(ray_local, model_dir, tmp_path):
+    """Two workers started by Ray Train's TorchTrainer, the way ``synthrag train retriever``
+    runs them: gloo process group, DDP, embeddings gathered across the workers."""
+    import sys
+
+    import ray.cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
     from sentence_transformers import SentenceTransformer
 
+    # the workers cannot import this test module: ship its functions by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     out = tmp_path / "grads.pt"
-    ctx = mp.start_processes(_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}", model_dir, str(out)),
-                             nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 300
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("the two gloo workers did not finish within 300 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+    TorchTrainer(
+        _ddp_worker,
+        train_loop_config={"model_dir": model_dir, "out": str(out)},
+        torch_config=TorchConfig(backend="gloo", timeout_s=120),
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="gradcache-ddp", storage_path=str(tmp_path / "ray")),
+    ).fit()
     got = torch.load(out)
     model = SentenceTransformer(model_dir, device="cpu").double().eval()
     for (name, _), grads in got.items():
