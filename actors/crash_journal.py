@@ -56,7 +56,10 @@ class CrashJournal:
 
     @contextmanager
     def in_flight(self, keys: Sequence[str]):
-        """Record ``keys`` as held while the block runs; a crash leaves the record behind."""
+        """Record ``keys`` as held while the block runs; a crash leaves the record behind.
+
+        Deliberately no ``finally``: an exception that escapes the block also leaves the record,
+        so a row that raises on every retry is rejected like one that kills its worker."""
         path = self.folder / f"{uuid.uuid4().hex}.inflight"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(list(keys)))
