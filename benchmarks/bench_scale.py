@@ -12,7 +12,14 @@ It is written to disk as a stream (never held in memory). The stages are the pip
 continues from the rows already written. Prints seconds and rows per stage and the peak memory
 per phase (ingest, embed + index) and overall: the driver's RSS, and the PSS of the driver and
 every Ray process together (shared object-store pages counted once), sampled every second, so
-the 100k and 1M runs show whether memory stays bounded as the corpus grows.
+the 100k and 1M runs show whether memory stays bounded as the corpus grows. The samples are also
+written to ``WORKDIR/memory.csv`` and the peaks attributed to each stage by its start and length.
+
+Embedding with the real model costs ~20 passages/s on 2 CPU cores (14 h for 1M), so
+``--embed-model pipeline-cost`` swaps in MiniLM cut to its first layer and 32 tokens (same
+tokenizer, same 384-d output, ~50x less compute): the embed and index stages then run at 1M here
+and show what the *pipeline* costs (streaming, actors, writing, faiss) apart from the model.
+Its vectors are not useful for retrieval; its throughput is not the model's.
 """
 
 from __future__ import annotations
@@ -68,10 +75,12 @@ class PeakMemory:
     (PSS, so pages they share, like the object store, count once), sampled in a thread; peaks
     are kept per phase (``mem.phase = "embed"``) and overall."""
 
-    def __init__(self, every_s: float = 1.0):
+    def __init__(self, every_s: float = 1.0, csv: Path | None = None):
         self.every_s = every_s
+        self.csv = csv  # samples are appended as they come, so a killed benchmark keeps them
         self.phase = "start"
         self.peaks: dict[str, dict[str, int]] = {}
+        self.samples: list[tuple[float, str, int, int]] = []  # (unix time, phase, driver, all) MB
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -90,6 +99,10 @@ class PeakMemory:
     def _run(self):
         while not self._stop.is_set():
             driver, total = self._sample()
+            self.samples.append(sample := (time.time(), self.phase, driver >> 20, total >> 20))
+            if self.csv is not None:
+                with open(self.csv, "a") as f:
+                    f.write("{:.1f},{},{},{}\n".format(*sample))
             for key in (self.phase, "all"):
                 peak = self.peaks.setdefault(key, {"driver_rss_mb": 0, "all_ray_pss_mb": 0})
                 peak["driver_rss_mb"] = max(peak["driver_rss_mb"], driver >> 20)
@@ -97,12 +110,50 @@ class PeakMemory:
             time.sleep(self.every_s)
 
     def __enter__(self):
+        if self.csv is not None and not self.csv.exists():
+            self.csv.write_text("unix_time,phase,driver_rss_mb,all_ray_pss_mb\n")
+        elif self.csv is not None:  # a resumed benchmark: earlier stages' samples count too
+            for line in self.csv.read_text().splitlines()[1:]:
+                t, ph, d, a = line.split(",")
+                self.samples.append((float(t), ph, int(d), int(a)))
         self._t.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+
+    def stage_peaks(self, stage: dict) -> dict[str, int] | None:
+        """Peak memory while ``stage`` (a manifest record with ``started`` and ``seconds``) ran."""
+        from datetime import datetime
+
+        if not stage.get("started") or not stage.get("seconds"):
+            return None
+        t0 = datetime.fromisoformat(stage["started"]).timestamp()
+        inside = [(d, a) for t, _, d, a in self.samples if t0 - 1 <= t <= t0 + stage["seconds"] + 1]
+        if not inside:
+            return None
+        return {"driver_rss_mb": max(d for d, _ in inside), "all_ray_pss_mb": max(a for _, a in inside)}
+
+
+def pipeline_cost_embedder(work: Path) -> Path:
+    """MiniLM cut to its first transformer layer and 32 tokens, saved under ``work``: the embed
+    stage's streaming, actor and write costs at ~50x less model compute (see the module doc)."""
+    out = work / "pipeline-cost-embedder"
+    if not (out / "modules.json").exists():  # in a child process: torch stays out of the driver
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-c", f"""
+from actors.embedder import load_model
+st = load_model("embedded", device="cpu")
+bert = st[0].auto_model
+bert.encoder.layer = bert.encoder.layer[:1]
+bert.config.num_hidden_layers = 1
+st.max_seq_length = 32
+st.save({str(out)!r})
+"""], check=True, cwd=REPO)
+    return out
 
 
 def main() -> None:
@@ -112,6 +163,8 @@ def main() -> None:
                     help="rerun with the same folder to resume an interrupted benchmark")
     ap.add_argument("--embed-actors", type=int, default=2)
     ap.add_argument("--skip-embed", action="store_true")
+    ap.add_argument("--embed-model", default="embedded",
+                    help="'embedded' (MiniLM), a local sentence-transformers dir, or 'pipeline-cost'")
     args = ap.parse_args()
 
     from actors.embedder import EmbedderSettings
@@ -130,14 +183,17 @@ def main() -> None:
         done_marker.touch()
     figures = {"passages": args.passages, "corpus_mb": round(corpus.stat().st_size / 2**20, 1),
                "generate_s": round(time.perf_counter() - t0, 1)}
+    model = args.embed_model  # the cut-down model is built before memory is sampled
+    if model == "pipeline-cost" and not args.skip_embed:
+        model = str(pipeline_cost_embedder(work))
     connect()
-    with PeakMemory() as mem:
+    with PeakMemory(csv=work / "memory.csv") as mem:
         run = Run.open(work / "run", command="bench_scale", config={"passages": args.passages})
         mem.phase = "ingest"
         ingest(run, corpus, IngestConfig(splitter="regex"))
         if not args.skip_embed:
             mem.phase = "embed"
-            index_run_chunks(run, EmbedderSettings(), IndexConfig(), actors=(1, args.embed_actors))
+            index_run_chunks(run, EmbedderSettings(model=model), IndexConfig(), actors=(1, args.embed_actors))
         mem.phase = "end"
     stages = {s["name"]: s for s in run.manifest["stages"]}
     figures["stages"] = {n: {"s": round(s["seconds"], 1), "in": s["in"], "out": s["out"],
@@ -148,6 +204,11 @@ def main() -> None:
     if "embed" in stages and stages["embed"]["seconds"]:
         figures["embed_rows_per_s"] = round(stages["embed"]["out"] / stages["embed"]["seconds"], 1)
     figures["peak_memory"] = mem.peaks
+    for name, s in stages.items():  # a stage skipped by a resumed benchmark has no samples
+        if (peak := mem.stage_peaks(s)) is not None:
+            figures["stages"][name]["peak_memory"] = peak
+    figures["embed_model"] = args.embed_model if not args.skip_embed else None
+    (work / "figures.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))
 
 
