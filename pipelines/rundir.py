@@ -244,7 +244,8 @@ class Run:
                 pq.write_table(schema.empty_table(), tmp / "part-0.parquet")
         else:  # (a schema-less table with no rows stays an empty folder: see read())
             cols = schema.names if (keep and schema is not None) else None
-            scanner = staged.scanner(filter=cond, columns=cols)
+            # bounded readahead: the driver holds a few batches, not a share of the table
+            scanner = staged.scanner(filter=cond, columns=cols, batch_readahead=4, fragment_readahead=2)
             out_schema = schema if (keep and schema is not None) else scanner.projected_schema
 
             def batches():
@@ -256,6 +257,9 @@ class Run:
             pads.write_dataset(batches(), tmp, format="parquet", schema=out_schema,
                                basename_template="part-{i}.parquet",
                                max_rows_per_file=200_000, max_rows_per_group=50_000,
+                               # staged files hold blocks of a few rows; without a floor every
+                               # block became a row group (10k of ~19 rows, 25 MB footers at 1M)
+                               min_rows_per_group=10_000,
                                existing_data_behavior="overwrite_or_ignore")
             if not any(tmp.glob("*.parquet")):
                 pq.write_table(out_schema.empty_table(), tmp / "part-0.parquet")

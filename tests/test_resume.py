@@ -36,6 +36,31 @@ def test_resume_keeps_finished_rows_and_drops_cut_files(ray_local, tmp_path):
         assert ds.count() == 2
 
 
+def test_commit_packs_many_small_blocks_into_large_row_groups(ray_local, tmp_path):
+    """A stage's output arrives as many tiny blocks; the committed table must not keep one row
+    group per block (at 1M chunks that was 10k groups of ~19 rows and 25 MB footers per file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from pipelines.rundir import REJECT_DETAIL, REJECT_REASON
+
+    n = 25_000
+    rows = [{"k": i, REJECT_REASON: "odd" if i % 7 == 0 else None, REJECT_DETAIL: None} for i in range(n)]
+    ds = ray.data.from_items(rows, override_num_blocks=500)  # blocks of 50 rows
+    run = Run.open(tmp_path, command="t", config={})
+    with run.stage("s", 1) as rec:
+        run.commit(rec, ds, table="t", schema=pa.schema([pa.field("k", pa.int64())]))
+    kept = sorted(pads.dataset(run.path("t")).to_table().column("k").to_pylist())
+    assert kept == [i for i in range(n) if i % 7]
+    assert rec.out == len(kept) and rec.rejected == {"odd": n - len(kept)}
+    groups = [pq.ParquetFile(f).metadata.row_group(g).num_rows
+              for f in sorted(run.path("t").glob("*.parquet"))
+              for g in range(pq.ParquetFile(f).num_row_groups)]
+    assert sum(groups) == len(kept) and len(groups) <= 3, groups
+    assert all(g >= 10_000 for g in groups[:-1])
+
+
 @pytest.mark.slow
 def test_killed_driver_resumes_without_duplicates(tmp_path):
     out = tmp_path / "run"
