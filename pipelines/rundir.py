@@ -192,11 +192,11 @@ class Run:
         else:
             ds.write_parquet(str(staging))  # adds files next to rows kept by an interrupted run
         files = complete_files(staging)
-        staged = pads.dataset(files, format="parquet") if files else None
+        staged = StagedFiles(files) if files else None
         reasons: dict[str, int] = {}
         total = 0
         if staged is not None:
-            for batch in staged.to_batches(columns=[REJECT_REASON]):
+            for batch in staged.batches(columns=[REJECT_REASON]):
                 total += batch.num_rows
                 col = batch.column(0)
                 for item in pc.value_counts(col.filter(pc.is_valid(col))).to_pylist():
@@ -244,12 +244,10 @@ class Run:
                 pq.write_table(schema.empty_table(), tmp / "part-0.parquet")
         else:  # (a schema-less table with no rows stays an empty folder: see read())
             cols = schema.names if (keep and schema is not None) else None
-            # bounded readahead: the driver holds a few batches, not a share of the table
-            scanner = staged.scanner(filter=cond, columns=cols, batch_readahead=4, fragment_readahead=2)
-            out_schema = schema if (keep and schema is not None) else scanner.projected_schema
+            out_schema = schema if (keep and schema is not None) else staged.schema
 
             def batches():
-                for b in scanner.to_batches():
+                for b in staged.batches(columns=cols, filter=cond):
                     t = pa.Table.from_batches([b]).cast(out_schema)
                     validate(t, out_schema)  # a kept row must satisfy the table's schema
                     yield from t.to_batches()
@@ -290,6 +288,25 @@ def reject(reason: str, detail: Any = None) -> dict:
 
 
 KEEP = {REJECT_REASON: None, REJECT_DETAIL: None}
+
+
+class StagedFiles:
+    """A stage's staged Parquet files, read one file at a time.
+
+    A single ``pyarrow.dataset`` over thousands of staged files keeps every file's parsed footer
+    alive, and Ray writes a row group per small block, so at 1M chunks the driver grew by GBs just
+    counting one column (0.9 GB for a 1.2M-row, 710-file replica; 0.2 GB file by file). Files
+    whose types differ (a column all null in one block) are read as the unified schema.
+    """
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        self.schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+
+    def batches(self, columns: list[str] | None = None, filter=None) -> Iterator[pa.RecordBatch]:
+        for f in self.files:
+            yield from pads.dataset(f, format="parquet", schema=self.schema).to_batches(
+                columns=columns, filter=filter, batch_readahead=4, fragment_readahead=1)
 
 
 def complete_files(folder: Path) -> list[Path]:
