@@ -433,6 +433,9 @@ def chunk_documents(docs, cfg: IngestConfig):
 
 
 # ----------------------------------------------------------------------------- dedupe
+# Every step is a Ray Data shuffle over small columns or a streaming map; nothing comes back to the
+# driver. The texts cross one shuffle, once each (to verify containment next to the containing
+# chunk); candidate pairs carry only ids, a hash and a length, never text.
 def _h64(s: str) -> int:
     return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little", signed=True)
 
@@ -454,103 +457,139 @@ def winnow(words: list[str], n: int, w: int) -> set[int]:
     return set(windows.min(axis=1).tolist())
 
 
-def _fingerprint_rows(batch: pa.Table, n: int, w: int) -> pa.Table:
-    fps, ids, lens, anchor = [], [], [], []
-    for cid, norm in zip(batch.column("chunk_id").to_pylist(), batch.column("norm").to_pylist()):
-        words = norm.split()
-        prints = sorted(winnow(words, n, w))
-        for j, fp in enumerate(prints):
-            fps.append(fp)
-            ids.append(cid)
-            lens.append(len(words))
-            anchor.append(j == 0)  # A's smallest fingerprint: any container of A must have it
-    return pa.table({"fp": pa.array(fps, pa.int64()), "chunk_id": pa.array(ids, pa.string()),
-                     "nwords": pa.array(lens, pa.int32()), "anchor": pa.array(anchor, pa.bool_())})
+def _partitions(n_rows: int) -> int:
+    """Shuffle partitions scale with the data (many tiny partitions cost minutes on small inputs)."""
+    return max(1, min(200, n_rows // 50_000 + 1))
 
 
-def _candidate_pairs(group: pa.Table, cap: int) -> pa.Table:
-    rows = group.to_pylist()
-    anchors = [r for r in rows if r["anchor"]]
-    a_ids, b_ids = [], []
-    if anchors and len(rows) > 1:
-        bigger = sorted(rows, key=lambda r: -r["nwords"])
-        for a in anchors:
-            found = 0
-            for b in bigger:
-                if b["nwords"] <= a["nwords"] or found >= cap:
-                    break
-                a_ids.append(a["chunk_id"])
-                b_ids.append(b["chunk_id"])
-                found += 1
-    return pa.table({"a": pa.array(a_ids, pa.string()), "b": pa.array(b_ids, pa.string())})
+def _hash_rows(batch: pa.Table) -> pa.Table:
+    norms = batch.column("norm").to_pylist()
+    return batch.append_column("h", pa.array([_h64(x) for x in norms], pa.int64()))
 
 
 def _first_of_group(group: pa.Table) -> pa.Table:
+    """One group of identical texts → a verdict for every copy but the smallest id."""
     ids = sorted(group.column("chunk_id").to_pylist())
     return pa.table({"chunk_id": pa.array(ids[1:], pa.string()),
-                     "kept": pa.array([ids[0]] * (len(ids) - 1), pa.string())})
+                     REJECT_REASON: pa.array(["exact_duplicate"] * (len(ids) - 1), pa.string()),
+                     REJECT_DETAIL: pa.array([dumps({"duplicate_of": k}) for k in ids[:1] * (len(ids) - 1)],
+                                             pa.string())})
 
 
-def _contained(batch: pa.Table) -> pa.Table:
-    keep = [f" {a} " in f" {b} " for a, b in zip(batch.column("norm_a").to_pylist(),
-                                                  batch.column("norm_b").to_pylist())]
-    return batch.filter(pa.array(keep, pa.bool_())).select(["a", "b"])
+def _fingerprint_rows(batch: pa.Table, n: int, w: int) -> pa.Table:
+    fps, ids, hs, lens, anchor = [], [], [], [], []
+    for cid, norm, h in zip(batch.column("chunk_id").to_pylist(), batch.column("norm").to_pylist(),
+                            batch.column("h").to_pylist()):
+        words = norm.split()
+        for j, fp in enumerate(sorted(winnow(words, n, w))):
+            fps.append(fp)
+            ids.append(cid)
+            hs.append(h)
+            lens.append(len(words))
+            anchor.append(j == 0)  # A's smallest fingerprint: any container of A must have it
+    return pa.table({"fp": pa.array(fps, pa.int64()), "chunk_id": pa.array(ids, pa.string()),
+                     "h": pa.array(hs, pa.int64()), "nwords": pa.array(lens, pa.int32()),
+                     "anchor": pa.array(anchor, pa.bool_())})
 
 
-def find_duplicates(chunks, cfg: IngestConfig, n_rows: int) -> tuple[dict[str, str], dict[str, str]]:
-    """Return (exact duplicates: chunk → kept twin, contained: chunk → a chunk containing it).
+_PAIRS = pa.schema([("b", pa.string()), ("a", pa.string()), ("h_a", pa.int64()), ("n_a", pa.int32()),
+                    ("norm", pa.string())])
 
-    Everything is a shuffle over small columns (ids, hashes, fingerprints); only the final
-    duplicate maps come back to the driver.
+
+def _candidate_pairs(group: pa.Table, cap: int) -> pa.Table:
+    """Chunks sharing fingerprint ``fp`` → (a, b) where a's anchor is fp and b is longer.
+
+    Copies of one text collapse to the smallest id first (the copy exact dedupe keeps), so pairs
+    never involve a chunk that is already an exact duplicate.
     """
-    keyed = chunks.select_columns(["chunk_id", "norm"]).map_batches(
-        lambda b: b.append_column("h", pa.array([_h64(x) for x in b.column("norm").to_pylist()], pa.int64())),
-        batch_format="pyarrow")
-    # shuffle partitions scale with the data (Ray's default of 200 costs minutes on tiny inputs)
-    n_parts = max(1, min(200, n_rows // 50_000 + 1))
-    exact_rows = (keyed.select_columns(["chunk_id", "h"]).groupby("h", num_partitions=n_parts)
-                  .map_groups(_first_of_group, batch_format="pyarrow").take_all())
-    exact = {r["chunk_id"]: r["kept"] for r in exact_rows}
-    exact_ref = exact  # captured by value in the filter below
-    unique = keyed.filter(lambda r: r["chunk_id"] not in exact_ref)
-    prints = unique.map_batches(_fingerprint_rows, fn_kwargs={"n": cfg.shingle_words, "w": cfg.winnow_window},
-                                batch_format="pyarrow")
-    cands = prints.groupby("fp", num_partitions=n_parts).map_groups(_candidate_pairs, fn_kwargs={"cap": cfg.max_candidates_per_fingerprint},
-                                            batch_format="pyarrow")
-    cands = cands.materialize()  # candidate pairs are few: shared anchors, capped per fingerprint
-    if cands.count() == 0:
-        return exact, {}
-    texts = unique.select_columns(["chunk_id", "norm"])
-    with_a = cands.join(texts.rename_columns({"chunk_id": "a", "norm": "norm_a"}), "inner", n_parts, on=("a",))
-    with_b = with_a.join(texts.rename_columns({"chunk_id": "b", "norm": "norm_b"}), "inner", n_parts, on=("b",))
-    contained_rows = with_b.map_batches(_contained, batch_format="pyarrow").take_all()
-    contained: dict[str, str] = {}
-    for r in sorted(contained_rows, key=lambda r: (r["a"], r["b"])):
-        contained.setdefault(r["a"], r["b"])
-    return exact, contained
+    rows: dict[int, dict] = {}
+    for r in group.to_pylist():
+        if r["h"] not in rows or r["chunk_id"] < rows[r["h"]]["chunk_id"]:
+            rows[r["h"]] = r
+    anchors = [r for r in rows.values() if r["anchor"]]
+    out = {k: [] for k in _PAIRS.names}
+    if anchors and len(rows) > 1:
+        bigger = sorted(rows.values(), key=lambda r: (-r["nwords"], r["chunk_id"]))
+        for a in anchors:
+            for b in bigger[:cap]:
+                if b["nwords"] <= a["nwords"]:
+                    break
+                out["b"].append(b["chunk_id"])
+                out["a"].append(a["chunk_id"])
+                out["h_a"].append(a["h"])
+                out["n_a"].append(a["nwords"])
+                out["norm"].append(None)
+    return pa.table(out, schema=_PAIRS)
 
 
-def _mark(batch: pa.Table, exact: dict, contained: dict) -> pa.Table:
-    reasons, details = [], []
-    for cid in batch.column("chunk_id").to_pylist():
-        if cid in exact:
-            reasons.append("exact_duplicate")
-            details.append(dumps({"duplicate_of": exact[cid]}))
-        elif cid in contained:
-            reasons.append("contained_in_other_chunk")
-            details.append(dumps({"contained_in": contained[cid]}))
-        else:
-            reasons.append(None)
-            details.append(None)
-    batch = batch.drop_columns([c for c in (REJECT_REASON, REJECT_DETAIL) if c in batch.column_names])
-    return batch.append_column(REJECT_REASON, pa.array(reasons, pa.string())).append_column(
-        REJECT_DETAIL, pa.array(details, pa.string()))
+def _as_pair_text(batch: pa.Table) -> pa.Table:
+    n = len(batch)
+    return pa.table({"b": batch.column("chunk_id"), "a": pa.nulls(n, pa.string()), "h_a": pa.nulls(n, pa.int64()),
+                     "n_a": pa.nulls(n, pa.int32()), "norm": batch.column("norm")}, schema=_PAIRS)
+
+
+def _verify(group: pa.Table) -> pa.Table:
+    """Rows for one chunk b: its text, and candidates a (hash, length). Keep the a occurring in b.
+
+    a occurs in b at word boundaries iff some window of ``n_a`` of b's words hashes to a's hash
+    (both texts are normalised words joined by single spaces).
+    """
+    texts = [t for t in group.column("norm").to_pylist() if t is not None]
+    a_ids, b_ids = [], []
+    if texts:
+        words = texts[0].split()
+        windows: dict[int, set[int]] = {}
+        b = group.column("b")[0].as_py()
+        for a, h, n in zip(group.column("a").to_pylist(), group.column("h_a").to_pylist(),
+                           group.column("n_a").to_pylist()):
+            if a is None:
+                continue
+            if n not in windows:
+                windows[n] = {_h64(" ".join(words[i:i + n])) for i in range(len(words) - n + 1)}
+            if h in windows[n]:
+                a_ids.append(a)
+                b_ids.append(b)
+    return pa.table({"a": pa.array(a_ids, pa.string()), "b": pa.array(b_ids, pa.string())})
+
+
+def _first_container(group: pa.Table) -> pa.Table:
+    a = group.column("a")[0].as_py()
+    b = min(group.column("b").to_pylist())
+    return pa.table({"chunk_id": [a], REJECT_REASON: ["contained_in_other_chunk"],
+                     REJECT_DETAIL: [dumps({"contained_in": b})]},
+                    schema=pa.schema([("chunk_id", pa.string()), (REJECT_REASON, pa.string()),
+                                      (REJECT_DETAIL, pa.string())]))
+
+
+def find_duplicates(chunks, cfg: IngestConfig, n_rows: int):
+    """A dataset of verdicts (chunk_id, reject_reason, reject_detail), one per duplicate chunk.
+
+    Exact: copies of one normalised text, all but the smallest id. Contained: a chunk whose text
+    occurs, at word boundaries, inside a longer chunk's (candidates from shared winnowing anchors,
+    verified by hashing the longer chunk's word windows; the smallest containing id is named).
+    """
+    n_parts = _partitions(n_rows)
+    keyed = chunks.select_columns(["chunk_id", "norm"]).map_batches(_hash_rows, batch_format="pyarrow")
+    exact = (keyed.select_columns(["chunk_id", "h"]).groupby("h", num_partitions=n_parts)
+             .map_groups(_first_of_group, batch_format="pyarrow"))
+    pairs = (keyed.map_batches(_fingerprint_rows, fn_kwargs={"n": cfg.shingle_words, "w": cfg.winnow_window},
+                               batch_format="pyarrow")
+             .groupby("fp", num_partitions=n_parts)
+             .map_groups(_candidate_pairs, fn_kwargs={"cap": cfg.max_candidates_per_fingerprint},
+                         batch_format="pyarrow"))
+    texts = keyed.map_batches(_as_pair_text, batch_format="pyarrow")
+    contained = (pairs.union(texts).groupby("b", num_partitions=n_parts).map_groups(_verify, batch_format="pyarrow")
+                 .groupby("a", num_partitions=n_parts).map_groups(_first_container, batch_format="pyarrow"))
+    return exact.union(contained)
 
 
 def dedupe_chunks(chunks, cfg: IngestConfig, n_rows: int):
-    exact, contained = find_duplicates(chunks, cfg, n_rows) if cfg.dedupe else ({}, {})
-    return chunks.map_batches(_mark, fn_kwargs={"exact": exact, "contained": contained},
-                              batch_format="pyarrow")
+    """chunks_raw → chunks with reject columns set on duplicates (a left join with the verdicts)."""
+    rows = chunks.drop_columns(["norm"])
+    if not cfg.dedupe:
+        return rows.map_batches(lambda b: b.append_column(REJECT_REASON, pa.nulls(len(b), pa.string())).append_column(
+            REJECT_DETAIL, pa.nulls(len(b), pa.string())), batch_format="pyarrow")
+    return rows.join(find_duplicates(chunks, cfg, n_rows), "left_outer", _partitions(n_rows), on=("chunk_id",))
 
 
 # ----------------------------------------------------------------------------- sentences

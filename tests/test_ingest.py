@@ -8,8 +8,8 @@ import random
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.ingest import (Chunker, IngestConfig, clean_text, decode, discover, html_to_text,
-                              ingest, looks_binary, normalise, read_byte_range, winnow)
+from pipelines.ingest import (Chunker, IngestConfig, clean_text, decode, dedupe_chunks, discover,
+                              html_to_text, ingest, looks_binary, normalise, read_byte_range, winnow)
 from pipelines.rundir import Run
 
 
@@ -41,6 +41,39 @@ def test_clean_text_and_html():
     assert "One & two." in text and "Three." in text
     assert "var x" not in text and "menu" not in text
     assert looks_binary(bytes(range(256)) * 4) and not looks_binary("plain text\n".encode())
+
+
+def test_dedupe_marks_exact_and_contained_chunks_and_nothing_else(ray_local):
+    import ray
+
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(400)]
+    words = lambda n: [rng.choice(vocab) for _ in range(n)]  # noqa: E731
+    base, other, lonely = words(120), words(90), words(60)
+    texts = {
+        "d0#c0": base, "d1#c0": base, "d2#c0": base,  # three copies: the smallest id is kept
+        "d3#c0": base[30:80],  # occurs inside base (and so inside every copy of it)
+        "d4#c0": other, "d5#c0": other[10:70],  # contained in other
+        # base[30:80] with one word changed: shares most fingerprints with base, occurs nowhere
+        "d6#c0": base[30:55] + ["changed"] + base[56:80],
+        # the two halves of other swapped: every fingerprint of each half is in other, the whole is not
+        "d7#c0": other[45:90] + other[0:45],
+        "d8#c0": lonely,
+    }
+    rows = [{"chunk_id": cid, "text": " ".join(w).upper() + ".", "norm": " ".join(w)} for cid, w in texts.items()]
+    ds = ray.data.from_items(rows, override_num_blocks=4)
+    out = {r["chunk_id"]: r for r in dedupe_chunks(ds, IngestConfig(), len(rows)).take_all()}
+    assert sorted(out) == sorted(texts)  # every row comes back exactly once
+    assert "norm" not in out["d0#c0"] and out["d0#c0"]["text"].startswith("W")
+    verdicts = {cid: (r["reject_reason"], json.loads(r["reject_detail"]) if r["reject_detail"] else None)
+                for cid, r in out.items() if r["reject_reason"]}
+    assert verdicts == {
+        "d1#c0": ("exact_duplicate", {"duplicate_of": "d0#c0"}),
+        "d2#c0": ("exact_duplicate", {"duplicate_of": "d0#c0"}),
+        "d3#c0": ("contained_in_other_chunk", {"contained_in": "d0#c0"}),
+        "d5#c0": ("contained_in_other_chunk", {"contained_in": "d4#c0"}),
+    }
+    assert all(r["reject_reason"] is None for r in dedupe_chunks(ds, IngestConfig(dedupe=False), len(rows)).take_all())
 
 
 def test_winnowing_finds_every_contained_sequence():
