@@ -26,6 +26,7 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -476,20 +477,39 @@ def _first_of_group(group: pa.Table) -> pa.Table:
                                              pa.string())})
 
 
+_MASK_BITS = 128
+
+
+def _mask(prints: list[int]) -> int:
+    """A 128-bit signature of a fingerprint set: if A's prints are a subset of B's, so is A's
+    mask of B's. One bit per print makes a cheap, exact-safe filter: a chunk that merely shares a
+    sentence with a longer one almost always has some print whose bit the longer one lacks."""
+    m = 0
+    for fp in prints:
+        m |= 1 << (fp % _MASK_BITS)
+    return m
+
+
 def _fingerprint_rows(batch: pa.Table, n: int, w: int) -> pa.Table:
-    fps, ids, hs, lens, anchor = [], [], [], [], []
+    out = {k: [] for k in ("fp", "chunk_id", "h", "nwords", "anchor", "mask_lo", "mask_hi")}
     for cid, norm, h in zip(batch.column("chunk_id").to_pylist(), batch.column("norm").to_pylist(),
                             batch.column("h").to_pylist()):
         words = norm.split()
-        for j, fp in enumerate(sorted(winnow(words, n, w))):
-            fps.append(fp)
-            ids.append(cid)
-            hs.append(h)
-            lens.append(len(words))
-            anchor.append(j == 0)  # A's smallest fingerprint: any container of A must have it
-    return pa.table({"fp": pa.array(fps, pa.int64()), "chunk_id": pa.array(ids, pa.string()),
-                     "h": pa.array(hs, pa.int64()), "nwords": pa.array(lens, pa.int32()),
-                     "anchor": pa.array(anchor, pa.bool_())})
+        prints = sorted(winnow(words, n, w))
+        m = _mask(prints)
+        lo, hi = m & (2**64 - 1), m >> 64
+        for j, fp in enumerate(prints):
+            out["fp"].append(fp)
+            out["chunk_id"].append(cid)
+            out["h"].append(h)
+            out["nwords"].append(len(words))
+            out["anchor"].append(j == 0)  # A's smallest fingerprint: any container of A must have it
+            out["mask_lo"].append(lo)
+            out["mask_hi"].append(hi)
+    return pa.table({"fp": pa.array(out["fp"], pa.int64()), "chunk_id": pa.array(out["chunk_id"], pa.string()),
+                     "h": pa.array(out["h"], pa.int64()), "nwords": pa.array(out["nwords"], pa.int32()),
+                     "anchor": pa.array(out["anchor"], pa.bool_()),
+                     "mask_lo": pa.array(out["mask_lo"], pa.uint64()), "mask_hi": pa.array(out["mask_hi"], pa.uint64())})
 
 
 _PAIRS = pa.schema([("b", pa.string()), ("a", pa.string()), ("h_a", pa.int64()), ("n_a", pa.int32()),
@@ -500,20 +520,27 @@ def _candidate_pairs(group: pa.Table, cap: int) -> pa.Table:
     """Chunks sharing fingerprint ``fp`` → (a, b) where a's anchor is fp and b is longer.
 
     Copies of one text collapse to the smallest id first (the copy exact dedupe keeps), so pairs
-    never involve a chunk that is already an exact duplicate.
+    never involve a chunk that is already an exact duplicate; pairs whose print masks show that a
+    has a print b lacks are dropped here (see :func:`_mask`).
     """
+    out = {k: [] for k in _PAIRS.names}
+    if len(group) < 2 or not pc.any(group.column("anchor")).as_py():
+        return pa.table(out, schema=_PAIRS)  # most prints are one chunk's alone
     rows: dict[int, dict] = {}
     for r in group.to_pylist():
         if r["h"] not in rows or r["chunk_id"] < rows[r["h"]]["chunk_id"]:
             rows[r["h"]] = r
     anchors = [r for r in rows.values() if r["anchor"]]
-    out = {k: [] for k in _PAIRS.names}
     if anchors and len(rows) > 1:
         bigger = sorted(rows.values(), key=lambda r: (-r["nwords"], r["chunk_id"]))
+        for r in rows.values():
+            r["mask"] = (r["mask_hi"] << 64) | r["mask_lo"]
         for a in anchors:
             for b in bigger[:cap]:
                 if b["nwords"] <= a["nwords"]:
                     break
+                if a["mask"] & ~b["mask"]:
+                    continue  # a has a print b lacks: a cannot occur in b
                 out["b"].append(b["chunk_id"])
                 out["a"].append(a["chunk_id"])
                 out["h_a"].append(a["h"])

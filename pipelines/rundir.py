@@ -185,12 +185,16 @@ class Run:
         through ``ds`` as rejects instead.
         """
         staging = self.staging_dir(rec.name)
-        if isinstance(ds, pa.Table):
+        if isinstance(ds, pa.Table) or "resumed_rows" not in rec.extra:
+            # only a stage that called resume() (so ``ds`` skips the rows already staged) may add
+            # to what an interrupted run staged; any other stage starts its staging afresh, or a
+            # run killed while writing would commit those rows twice
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
+        if isinstance(ds, pa.Table):
             pq.write_table(ds, staging / "part-0.parquet")
         else:
-            ds.write_parquet(str(staging))  # adds files next to rows kept by an interrupted run
+            ds.write_parquet(str(staging))
         staged = StagedFiles(staging) or None
         reasons: dict[str, int] = {}
         total = 0

@@ -61,6 +61,30 @@ def test_commit_packs_many_small_blocks_into_large_row_groups(ray_local, tmp_pat
     assert all(g >= 10_000 for g in groups[:-1])
 
 
+def test_a_stage_without_row_resume_does_not_commit_staged_rows_twice(ray_local, tmp_path):
+    """A stage that recomputes everything (it never calls resume) and was killed while writing
+    leaves staged files behind; its rerun must not add its rows next to them."""
+    import pyarrow as pa
+    import ray
+
+    from pipelines.rundir import REJECT_DETAIL, REJECT_REASON
+
+    rows = [{"k": i, REJECT_REASON: None, REJECT_DETAIL: None} for i in range(100)]
+    schema = pa.schema([pa.field("k", pa.int64())])
+    run = Run.open(tmp_path, command="t", config={})
+    with pytest.raises(RuntimeError):
+        with run.stage("s", 1) as rec:
+            ray.data.from_items(rows[:60]).write_parquet(str(run.staging_dir("s")))  # killed mid-write
+            raise RuntimeError("killed")
+    assert any(run.staging_dir("s").glob("*.parquet"))
+    run = Run.open(tmp_path, command="t", config={})
+    with run.stage("s", 1) as rec:
+        assert rec.resumed
+        run.commit(rec, ray.data.from_items(rows), table="t", schema=schema)
+    assert sorted(pads.dataset(run.path("t")).to_table().column("k").to_pylist()) == list(range(100))
+    assert rec.in_ == rec.out == 100
+
+
 @pytest.mark.slow
 def test_killed_driver_resumes_without_duplicates(tmp_path):
     out = tmp_path / "run"
