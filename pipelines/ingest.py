@@ -610,13 +610,20 @@ def find_duplicates(chunks, cfg: IngestConfig, n_rows: int):
     return exact.union(contained)
 
 
+def _with_reject_columns(batch: pa.Table) -> pa.Table:
+    """Null reject columns where the join had no verdict to bring (none at all: no columns)."""
+    for c in (REJECT_REASON, REJECT_DETAIL):
+        if c not in batch.column_names:
+            batch = batch.append_column(c, pa.nulls(len(batch), pa.string()))
+    return batch
+
+
 def dedupe_chunks(chunks, cfg: IngestConfig, n_rows: int):
     """chunks_raw → chunks with reject columns set on duplicates (a left join with the verdicts)."""
     rows = chunks.drop_columns(["norm"])
-    if not cfg.dedupe:
-        return rows.map_batches(lambda b: b.append_column(REJECT_REASON, pa.nulls(len(b), pa.string())).append_column(
-            REJECT_DETAIL, pa.nulls(len(b), pa.string())), batch_format="pyarrow")
-    return rows.join(find_duplicates(chunks, cfg, n_rows), "left_outer", _partitions(n_rows), on=("chunk_id",))
+    if cfg.dedupe:
+        rows = rows.join(find_duplicates(chunks, cfg, n_rows), "left_outer", _partitions(n_rows), on=("chunk_id",))
+    return rows.map_batches(_with_reject_columns, batch_format="pyarrow")
 
 
 # ----------------------------------------------------------------------------- sentences

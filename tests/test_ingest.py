@@ -74,6 +74,9 @@ def test_dedupe_marks_exact_and_contained_chunks_and_nothing_else(ray_local):
         "d5#c0": ("contained_in_other_chunk", {"contained_in": "d4#c0"}),
     }
     assert all(r["reject_reason"] is None for r in dedupe_chunks(ds, IngestConfig(dedupe=False), len(rows)).take_all())
+    unique = ray.data.from_items([r for r in rows if r["chunk_id"] in ("d0#c0", "d4#c0", "d8#c0")])
+    out = dedupe_chunks(unique, IngestConfig(), 3).take_all()  # no verdict at all: columns still there
+    assert len(out) == 3 and all(r["reject_reason"] is None and r["reject_detail"] is None for r in out)
 
 
 def test_winnowing_finds_every_contained_sequence():
