@@ -468,13 +468,14 @@ def _hash_rows(batch: pa.Table) -> pa.Table:
     return batch.append_column("h", pa.array([_h64(x) for x in norms], pa.int64()))
 
 
+_VERDICTS = pa.schema([("chunk_id", pa.string()), (REJECT_REASON, pa.string()), (REJECT_DETAIL, pa.string())])
+
+
 def _first_of_group(group: pa.Table) -> pa.Table:
     """One group of identical texts → a verdict for every copy but the smallest id."""
-    ids = sorted(group.column("chunk_id").to_pylist())
-    return pa.table({"chunk_id": pa.array(ids[1:], pa.string()),
-                     REJECT_REASON: pa.array(["exact_duplicate"] * (len(ids) - 1), pa.string()),
-                     REJECT_DETAIL: pa.array([dumps({"duplicate_of": k}) for k in ids[:1] * (len(ids) - 1)],
-                                             pa.string())})
+    kept, *copies = sorted(group.column("chunk_id").to_pylist())
+    return pa.table({"chunk_id": copies, REJECT_REASON: ["exact_duplicate"] * len(copies),
+                     REJECT_DETAIL: [dumps({"duplicate_of": kept})] * len(copies)}, schema=_VERDICTS)
 
 
 _MASK_BITS = 128
@@ -583,9 +584,7 @@ def _first_container(group: pa.Table) -> pa.Table:
     a = group.column("a")[0].as_py()
     b = min(group.column("b").to_pylist())
     return pa.table({"chunk_id": [a], REJECT_REASON: ["contained_in_other_chunk"],
-                     REJECT_DETAIL: [dumps({"contained_in": b})]},
-                    schema=pa.schema([("chunk_id", pa.string()), (REJECT_REASON, pa.string()),
-                                      (REJECT_DETAIL, pa.string())]))
+                     REJECT_DETAIL: [dumps({"contained_in": b})]}, schema=_VERDICTS)
 
 
 def find_duplicates(chunks, cfg: IngestConfig, n_rows: int):
