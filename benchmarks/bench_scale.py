@@ -202,7 +202,8 @@ def main() -> None:
                              **({"kind": s["kind"]} if "kind" in s else {})}
                          for n, s in stages.items()}
     if "embed" in stages and stages["embed"]["seconds"]:
-        figures["embed_rows_per_s"] = round(stages["embed"]["out"] / stages["embed"]["seconds"], 1)
+        done_here = stages["embed"]["out"] - stages["embed"].get("resumed_rows", 0)  # a resumed run skipped those
+        figures["embed_rows_per_s"] = round(done_here / stages["embed"]["seconds"], 1)
     figures["peak_memory"] = mem.peaks
     for name, s in stages.items():  # a stage skipped by a resumed benchmark has no samples
         if (peak := mem.stage_peaks(s)) is not None:

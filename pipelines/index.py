@@ -415,7 +415,7 @@ def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[
         if rec is not None:
             lo, hi = actors
             staging = run.staging_dir("embed")  # kept by a rerun after a crash: embedded rows are not redone
-            rec.extra["resumed_rows"] = len(finished_keys(staging, "chunk_id"))
+            rec.resumed_rows = len(finished_keys(staging, "chunk_id"))
             embed_passages(run.path("chunks"), run.path("embeddings"), settings=settings, id_column="chunk_id",
                            text_columns=("title", "text"), use_ray=True, min_actors=lo, max_actors=hi,
                            staging=staging)

@@ -58,11 +58,15 @@ class StageRecord:
     rejected: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False  # an interrupted run of this same stage (same fingerprint) is continued
+    # rows an interrupted run had staged and this one skips; set by Run.resume (None: the stage
+    # does not resume row by row, so its staging is started afresh at commit)
+    resumed_rows: int | None = None
 
     def to_json(self) -> dict:
         return {"name": self.name, "in": self.in_, "out": self.out, "rejected": self.rejected,
                 "status": self.status, "fingerprint": self.fingerprint,
-                "started": self.started, "seconds": round(self.seconds, 3), **self.extra}
+                "started": self.started, "seconds": round(self.seconds, 3),
+                **({} if self.resumed_rows is None else {"resumed_rows": self.resumed_rows}), **self.extra}
 
 
 class Run:
@@ -185,7 +189,7 @@ class Run:
         through ``ds`` as rejects instead.
         """
         staging = self.staging_dir(rec.name)
-        if isinstance(ds, pa.Table) or "resumed_rows" not in rec.extra:
+        if isinstance(ds, pa.Table) or rec.resumed_rows is None:
             # only a stage that called resume() (so ``ds`` skips the rows already staged) may add
             # to what an interrupted run staged; any other stage starts its staging afresh, or a
             # run killed while writing would commit those rows twice
@@ -234,7 +238,7 @@ class Run:
         a rerun with the same fingerprint keeps that folder (see :meth:`stage`).
         """
         done = finished_keys(self.staging_dir(rec.name), key)
-        rec.extra["resumed_rows"] = len(done)
+        rec.resumed_rows = len(done)
         return drop_keys(ds, key, done)
 
     def _write_split(self, staged, dest: Path, schema: pa.Schema | None, *, keep: bool) -> None:

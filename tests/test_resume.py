@@ -30,7 +30,7 @@ def test_resume_keeps_finished_rows_and_drops_cut_files(ray_local, tmp_path):
         (staging / "cut.parquet").write_bytes(b"PAR1 half a file")  # a write cut off by a crash
         ds = run.resume(rec, ray.data.from_items([{"k": k} for k in "abcd"]), "k")
         assert sorted(r["k"] for r in ds.take_all()) == ["c", "d"]
-        assert rec.extra["resumed_rows"] == 2 and not (staging / "cut.parquet").exists()
+        assert rec.resumed_rows == 2 and not (staging / "cut.parquet").exists()
     with run.stage("s", 2) as rec:  # another fingerprint: a fresh start, nothing kept
         ds = run.resume(rec, ray.data.from_items([{"k": k} for k in "ab"]), "k")
         assert ds.count() == 2
