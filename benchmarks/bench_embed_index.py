@@ -34,7 +34,7 @@ def bench_encoder(n_texts: int) -> None:
 
 
 def bench_index(n: int, dim: int, n_queries: int = 1000) -> None:
-    from pipelines.index import VectorIndex, write_embeddings
+    from pipelines.stages.index import VectorIndex, write_embeddings
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(256, dim)).astype(np.float32)

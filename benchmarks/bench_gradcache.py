@@ -64,7 +64,9 @@ def build(model_path: str, batch: int, negatives: int, chunk: int, max_length: i
     """The model, and one training-step function per method on the same batch."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+    )
 
     from training.gradcache import GradCache, TextBatch, full_batch_loss
     from training.losses import ContrastiveLoss

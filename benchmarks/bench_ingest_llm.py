@@ -36,13 +36,13 @@ def main() -> None:
     import ray
     from transformers import AutoTokenizer
 
+    import prompts
     from actors.llm import LLMConfig, TransformersEngine, llm_map
     from actors.models import embedded_llm_dir
     from cluster.runtime import connect
-    from pipelines.ingest import IngestConfig, ingest
-    from pipelines.ragsynth_singlehop import clue_inputs
-    from pipelines.rundir import Run
-    import prompts
+    from pipelines.core.run import Run
+    from pipelines.ragsynth.singlehop import clue_inputs
+    from pipelines.stages.ingest import IngestConfig, ingest
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     corpus = args.corpus

@@ -169,9 +169,9 @@ def main() -> None:
 
     from actors.embedder import EmbedderSettings
     from cluster.runtime import connect
-    from pipelines.index import IndexConfig, index_run_chunks
-    from pipelines.ingest import IngestConfig, ingest
-    from pipelines.rundir import Run
+    from pipelines.core.run import Run
+    from pipelines.stages.index import IndexConfig, index_run_chunks
+    from pipelines.stages.ingest import IngestConfig, ingest
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scale-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -45,12 +45,18 @@ def main() -> None:
 
     from actors.embedder import EmbedderSettings, encode_texts, load_model
     from actors.teacher import Teacher, TeacherConfig
-    from pipelines.beir import iter_corpus, load_qrels, load_queries, passage_text, write_beir
-    from pipelines.eval_retrieval import evaluate_beir
-    from pipelines.index import VectorIndex, write_embeddings
-    from pipelines.mining import MiningConfig, mine_hard_negatives
+    from pipelines.core.schema import stable_id
+    from pipelines.eval.retrieval import evaluate_beir
+    from pipelines.exports.beir import (
+        iter_corpus,
+        load_qrels,
+        load_queries,
+        passage_text,
+        write_beir,
+    )
     from pipelines.querygen import normalise_scores
-    from pipelines.schema import stable_id
+    from pipelines.stages.index import VectorIndex, write_embeddings
+    from pipelines.stages.mining import MiningConfig, mine_hard_negatives
     from training.retriever import RetrieverTrainConfig, train_retriever
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scifact-"))

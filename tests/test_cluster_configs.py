@@ -19,12 +19,12 @@ import copy
 import functools
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,10 +102,13 @@ def test_launcher_installs_the_project_and_embedded_models(launcher):
 
 def _plan(prepared: dict, demands: list[dict], existing: dict | None = None):
     """What the autoscaler would launch for ``demands`` (its bin packing, no cloud calls)."""
-    from ray.autoscaler._private.node_provider_availability_tracker import \
-        NodeAvailabilitySummary
-    from ray.autoscaler._private.resource_demand_scheduler import (_default_utilization_scorer,
-                                                                   get_nodes_for)
+    from ray.autoscaler._private.node_provider_availability_tracker import (
+        NodeAvailabilitySummary,
+    )
+    from ray.autoscaler._private.resource_demand_scheduler import (
+        _default_utilization_scorer,
+        get_nodes_for,
+    )
 
     scorer = functools.partial(_default_utilization_scorer,
                                node_availability_summary=NodeAvailabilitySummary({}))

@@ -51,7 +51,7 @@ def test_actor_adds_fixed_size_list_column_and_keeps_the_rest():
 
 @pytest.mark.slow
 def test_ray_actor_pool_writes_the_same_embeddings(ray_local, tmp_path):
-    from pipelines.index import embed_passages, iter_embeddings
+    from pipelines.stages.index import embed_passages, iter_embeddings
 
     chunks = tmp_path / "chunks"
     chunks.mkdir()

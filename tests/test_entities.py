@@ -1,12 +1,19 @@
-"""Entity resolution, the clue graph and bridges (pipelines/entities.py), with real spaCy NER."""
+"""Entity resolution, the clue graph and bridges (pipelines/stages/entities.py), with real spaCy NER."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.entities import (alias_pairs, clue_graph, coarse_label, normalise_name, resolve,
-                                sample_bridges, similar_pairs)
+from pipelines.stages.entities import (
+    alias_pairs,
+    clue_graph,
+    coarse_label,
+    normalise_name,
+    resolve,
+    sample_bridges,
+    similar_pairs,
+)
 
 
 def test_normalise_name_ignores_case_accents_articles_and_suffixes():

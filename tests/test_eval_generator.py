@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipelines import eval_generator as eg
-from pipelines.citations import f1
+from pipelines.eval import generator as eg
+from pipelines.stages.citations import f1
 
 
 def test_answers_file_accepts_run_and_generate_shapes(tmp_path):

@@ -11,10 +11,21 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import pipelines.cli_eval_retrieval  # noqa: F401  (registers `eval retrieval`)
-from pipelines.beir import iter_corpus, load_qrels, load_queries, passage_text, write_beir
-from pipelines.cli_app import app
-from pipelines.eval_retrieval import evaluate, per_query_metrics, read_trec_run, write_trec_run
+import pipelines.cli.eval_retrieval  # noqa: F401  (registers `eval retrieval`)
+from pipelines.cli.app import app
+from pipelines.eval.retrieval import (
+    evaluate,
+    per_query_metrics,
+    read_trec_run,
+    write_trec_run,
+)
+from pipelines.exports.beir import (
+    iter_corpus,
+    load_qrels,
+    load_queries,
+    passage_text,
+    write_beir,
+)
 
 QRELS = {"q1": {"d1": 1}, "q2": {"d4": 1, "d5": 1}, "q3": {"d9": 1}, "q4": {"d1": 1}}
 RANKING = {

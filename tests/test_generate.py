@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines.generate import load_records
+from pipelines.stages.generate import load_records
 
 
 def test_load_records_holds_back_the_last_assistant_turn(tmp_path):
@@ -29,8 +29,8 @@ def test_load_records_holds_back_the_last_assistant_turn(tmp_path):
 def test_generate_command_answers_records(ray_local, tmp_path):
     from typer.testing import CliRunner
 
-    import pipelines.cli_generate  # noqa: F401
-    from pipelines.cli_app import app
+    import pipelines.cli.generate  # noqa: F401
+    from pipelines.cli.app import app
 
     path = tmp_path / "held.jsonl"
     path.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q},

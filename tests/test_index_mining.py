@@ -7,8 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.index import IndexConfig, VectorIndex, write_embeddings
-from pipelines.mining import MiningConfig, mine_for_queries, mine_hard_negatives, refresh_negatives
+from pipelines.stages.index import IndexConfig, VectorIndex, write_embeddings
+from pipelines.stages.mining import (
+    MiningConfig,
+    mine_for_queries,
+    mine_hard_negatives,
+    refresh_negatives,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -154,10 +159,10 @@ def test_refresh_with_a_checkpoint_re_encodes_and_re_mines(tmp_path):
 
 def test_embed_stage_resumes_from_its_rows_and_a_new_index_reuses_them(ray_local, tmp_path, monkeypatch):
     """A run killed mid-embedding keeps the rows it wrote; a new index kind does not re-embed."""
-    import pipelines.index as index_mod
+    import pipelines.stages.index as index_mod
     from actors.embedder import EmbedderSettings, encode_texts
-    from pipelines.index import index_run_chunks, iter_embeddings
-    from pipelines.rundir import Run
+    from pipelines.core.run import Run
+    from pipelines.stages.index import index_run_chunks, iter_embeddings
 
     run = Run.open(tmp_path / "run", command="t", config={})
     ids, texts = list(PASSAGES), list(PASSAGES.values())

@@ -8,9 +8,21 @@ import random
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.ingest import (Chunker, IngestConfig, clean_text, decode, dedupe_chunks, discover,
-                              html_to_text, ingest, looks_binary, normalise, read_byte_range, winnow)
-from pipelines.rundir import Run
+from pipelines.core.run import Run
+from pipelines.stages.ingest import (
+    Chunker,
+    IngestConfig,
+    clean_text,
+    decode,
+    dedupe_chunks,
+    discover,
+    html_to_text,
+    ingest,
+    looks_binary,
+    normalise,
+    read_byte_range,
+    winnow,
+)
 
 
 def test_byte_shards_tile_a_file_exactly(tmp_path):

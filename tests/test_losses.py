@@ -8,8 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import (CombinedLoss, ContrastiveLoss, ListBatch, ListwiseKLLoss, PairwiseLoss,
-                             make_loss, teacher_false_negatives)
+from training.losses import (
+    CombinedLoss,
+    ContrastiveLoss,
+    ListBatch,
+    ListwiseKLLoss,
+    PairwiseLoss,
+    make_loss,
+    teacher_false_negatives,
+)
 
 
 def _batch(B=3, n=4, d=5, seed=0, **kw) -> ListBatch:

@@ -8,8 +8,13 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.querygen import (QuerygenConfig, check_query, false_negatives, load_examples,
-                                normalise_scores)
+from pipelines.querygen import (
+    QuerygenConfig,
+    check_query,
+    false_negatives,
+    load_examples,
+    normalise_scores,
+)
 
 
 def test_normalisation_uses_percentiles_and_clips():
@@ -58,8 +63,8 @@ SMALL = ["--set", "querygen.query_types=[question,keywords,title]", "--set", "ll
 def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
     from typer.testing import CliRunner
 
-    import pipelines.cli_data  # noqa: F401
-    from pipelines.cli_app import app
+    import pipelines.cli.run  # noqa: F401
+    from pipelines.cli.app import app
 
     corpus = tmp_path / "corpus.jsonl"
     with open(shared_data / "scifact" / "corpus.jsonl") as src:
@@ -95,7 +100,7 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
 
     # the same run, now end to end: train on the lists, evaluate base vs trained on held-out
     # SciFact train queries judged within these documents (a BEIR folder); earlier stages are reused
-    from pipelines.beir import iter_corpus, load_qrels, load_queries, write_beir
+    from pipelines.exports.beir import iter_corpus, load_qrels, load_queries, write_beir
 
     scifact = shared_data / "scifact"
     docs = [d for batch in iter_corpus(tmp_path) for d in batch]  # tmp_path/corpus.jsonl

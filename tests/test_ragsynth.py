@@ -8,7 +8,13 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.ragsynth_singlehop import check_clues, check_qa, clue_records, resolve, support
+from pipelines.ragsynth.singlehop import (
+    check_clues,
+    check_qa,
+    clue_records,
+    resolve,
+    support,
+)
 
 ROW = {
     "chunk_id": "manual.md#c0", "doc_id": "manual.md",

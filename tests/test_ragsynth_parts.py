@@ -11,10 +11,10 @@ import json
 import pyarrow as pa
 import pytest
 
-from pipelines import ragsynth_multihop as mh
-from pipelines import ragsynth_variants as var
-from pipelines.ragsynth_export import lists_rows, retrieval_queries, sft_record
-from pipelines.schema import EXAMPLES, dumps
+from pipelines.core.schema import EXAMPLES, dumps
+from pipelines.ragsynth import multihop as mh
+from pipelines.ragsynth import variants as var
+from pipelines.ragsynth.export import lists_rows, retrieval_queries, sft_record
 
 CLUES = [
     {"clue_id": "harbor#c0/k0", "chunk_id": "harbor#c0", "doc_id": "harbor",
@@ -218,7 +218,7 @@ def test_llm_entities_must_be_grounded_and_merge_with_ner_mentions():
 def test_example_configs_validate_and_bad_parts_are_refused():
     from pathlib import Path
 
-    from pipelines.config import load_config
+    from pipelines.registry import load_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
     files = sorted(root.glob("*.yaml"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.citations import support
+from pipelines.stages.citations import support
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 CAPS = ["--set", "ragsynth.multihop.max_questions=3", "--set", "ragsynth.rewrites.max_questions=2",
@@ -29,8 +29,8 @@ def _table(path: Path) -> list[dict]:
 def run_dir(ray_local, tmp_path_factory):
     from typer.testing import CliRunner
 
-    import pipelines.cli_data  # noqa: F401  (registers the commands)
-    from pipelines.cli_app import app
+    import pipelines.cli.run  # noqa: F401  (registers the commands)
+    from pipelines.cli.app import app
 
     out = tmp_path_factory.mktemp("ragsynth") / "run"
     res = CliRunner().invoke(app, ["run", "ragsynth", "--corpus", str(CORPUS), "--out", str(out), *CAPS])
@@ -107,7 +107,7 @@ def test_exports_lists_sft_and_beir(run_dir):
 def test_rerun_skips_every_stage(run_dir):
     from typer.testing import CliRunner
 
-    from pipelines.cli_app import app
+    from pipelines.cli.app import app
 
     before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "examples").iterdir()}
     res = CliRunner().invoke(app, ["run", "ragsynth", "--corpus", str(CORPUS), "--out", str(run_dir), *CAPS])
@@ -120,9 +120,9 @@ def test_rerun_skips_every_stage(run_dir):
 def test_evaluators_on_the_runs_reference_answers(run_dir, tmp_path):
     from typer.testing import CliRunner
 
-    import pipelines.cli_eval_generator  # noqa: F401
-    import pipelines.cli_eval_retrieval  # noqa: F401
-    from pipelines.cli_app import app
+    import pipelines.cli.eval_generator  # noqa: F401
+    import pipelines.cli.eval_retrieval  # noqa: F401
+    from pipelines.cli.app import app
 
     res = CliRunner().invoke(app, ["eval", "generator", "--run", str(run_dir), "--answers",
                                    str(run_dir / "exports" / "ragsynth_reference_answers.jsonl"),

@@ -11,11 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import pipelines.cli_ops  # noqa: F401  (registers the commands)
+import pipelines.cli.ops  # noqa: F401  (registers the commands)
 from pipelines import report
-from pipelines.cli_app import app
-from pipelines.schema import (CHUNKS, EXAMPLES, REJECT_DETAIL, REJECT_REASON, RETRIEVAL_LISTS,
-                              SENTENCES, to_table)
+from pipelines.cli.app import app
+from pipelines.core.schema import (
+    CHUNKS,
+    EXAMPLES,
+    REJECT_DETAIL,
+    REJECT_REASON,
+    RETRIEVAL_LISTS,
+    SENTENCES,
+    to_table,
+)
 
 DOC = ("Marie Curie was born in Warsaw in 1867. She moved to Paris to study physics. "
        "In 1903 she shared the Nobel Prize in Physics.  She later won a second Nobel Prize "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.rundir import Run
+from pipelines.core.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_commit_packs_many_small_blocks_into_large_row_groups(ray_local, tmp_pat
     import pyarrow.parquet as pq
     import ray
 
-    from pipelines.rundir import REJECT_DETAIL, REJECT_REASON
+    from pipelines.core.run import REJECT_DETAIL, REJECT_REASON
 
     n = 25_000
     rows = [{"k": i, REJECT_REASON: "odd" if i % 7 == 0 else None, REJECT_DETAIL: None} for i in range(n)]
@@ -67,7 +67,7 @@ def test_a_stage_without_row_resume_does_not_commit_staged_rows_twice(ray_local,
     import pyarrow as pa
     import ray
 
-    from pipelines.rundir import REJECT_DETAIL, REJECT_REASON
+    from pipelines.core.run import REJECT_DETAIL, REJECT_REASON
 
     rows = [{"k": i, REJECT_REASON: None, REJECT_DETAIL: None} for i in range(100)]
     schema = pa.schema([pa.field("k", pa.int64())])

@@ -149,7 +149,7 @@ def ddp_run(tiny_base, sft_data, tmp_path_factory) -> tuple[Path, int]:
     """The CLI run with plain DDP, SIGKILLed after its first checkpoint, then rerun to the end."""
     tmp = tmp_path_factory.mktemp("ddp")
     out = tmp / "out"
-    cmd = [sys.executable, "-m", "pipelines.cli_train_generator", "train", "generator",
+    cmd = [sys.executable, "-m", "pipelines.cli.train_generator", "train", "generator",
            "--data", str(sft_data), "--base", str(tiny_base), "--out", str(out), *COMMON,
            "--lr", "1e-3", "--checkpoint-every", "2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

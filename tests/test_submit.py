@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import pipelines.cli_ops  # noqa: F401  (registers the commands)
+import pipelines.cli.ops  # noqa: F401  (registers the commands)
 from cluster.submit import SubmitConfig, entrypoint, job_runtime_env
-from pipelines.cli_app import app
+from pipelines.cli.app import app
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

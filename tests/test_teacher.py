@@ -13,8 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from actors.teacher import (RequestTooLarge, Teacher, TeacherConfig, detect_backend, next_token_logprobs,
-                            p_first, score_many, score_pairs)
+from actors.teacher import (
+    RequestTooLarge,
+    Teacher,
+    TeacherConfig,
+    detect_backend,
+    next_token_logprobs,
+    p_first,
+    score_many,
+    score_pairs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -149,8 +157,8 @@ def test_cli_serves_until_sigint(ray_local):
     from ray import serve
     from typer.testing import CliRunner
 
-    import pipelines.cli_serve  # noqa: F401  (registers the command)
-    from pipelines.cli_app import app
+    import pipelines.cli.serve  # noqa: F401  (registers the command)
+    from pipelines.cli.app import app
 
     bad = CliRunner().invoke(app, ["serve", "teacher", "--judge", "bogus"])
     assert bad.exit_code == 2 and "invalid teacher config" in bad.output

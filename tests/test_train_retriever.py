@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.schema import RETRIEVAL_LISTS, to_table
+from pipelines.core.schema import RETRIEVAL_LISTS, to_table
 from training.retriever import DataError, fixed_width, read_lists, split_by_query
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_split_is_by_query_and_deterministic():
 
 
 # ------------------------------------------------------------------ the 2-worker run
-CLI = ("import pipelines.cli_train_retriever; from pipelines.cli_app import app; "
+CLI = ("import pipelines.cli.train_retriever; from pipelines.cli.app import app; "
        "app(prog_name='synthrag')")
 
 
@@ -189,9 +189,8 @@ def test_cli_rejects_bad_input_before_starting_ray(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import cluster.runtime
-
-    import pipelines.cli_train_retriever  # noqa: F401  (registers the command)
-    from pipelines.cli_app import app
+    import pipelines.cli.train_retriever  # noqa: F401  (registers the command)
+    from pipelines.cli.app import app
 
     connects = []
     monkeypatch.setattr(cluster.runtime, "connect", lambda *a, **k: connects.append(a))

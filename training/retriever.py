@@ -16,7 +16,7 @@ is not relied upon (it came back None in this Ray): everything needed lives in t
 
 Input lists, either shape:
 
-- a run directory: ``retrieval_lists/`` (pipelines/schema.py RETRIEVAL_LISTS, chunk ids) and
+- a run directory: ``retrieval_lists/`` (pipelines/core/schema.py RETRIEVAL_LISTS, chunk ids) and
   ``chunks/`` (chunk_id, text) of the same run;
 - a ``.jsonl`` or ``.parquet`` file whose rows carry texts inline:
   ``{"query", "positive": text, "candidates": [texts], "teacher_scores": [...],
@@ -40,7 +40,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pipelines.schema import stable_id
+from pipelines.core.schema import stable_id
 from training.losses import needs_teacher, teacher_false_negatives
 from training.retriever_config import RetrieverTrainConfig
 

@@ -262,9 +262,9 @@ class _Session:
     """Per-worker training state: model/engine, optimizer, data, checkpoint I/O."""
 
     def __init__(self, config: dict):
-        import torch
         import ray.train
         import ray.train.torch
+        import torch
 
         self.cfg = cfg = SFTConfig(**config["cfg"])
         self.use_gpu = config["use_gpu"]
@@ -467,7 +467,9 @@ class _Session:
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
                 if hasattr(self, "_hf_ds"):
-                    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+                    from transformers.integrations.deepspeed import (
+                        unset_hf_deepspeed_config,
+                    )
 
                     unset_hf_deepspeed_config()  # the fresh copy must not be partitioned
                 fresh = self._load_base(self.dtype)

@@ -1,0 +1,5 @@
+"""``python -m pipelines.cli ...`` is the ``synthrag`` command."""
+
+from pipelines.cli import main
+
+main()

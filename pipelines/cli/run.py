@@ -1,0 +1,92 @@
+"""Commands that turn a corpus into data: ``synthrag ingest`` and ``synthrag run METHOD`` (one per\nmethod in :mod:`pipelines.registry`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipelines.cli.app import app, run_app
+
+CorpusOpt = typer.Option(..., "--corpus", help="A file or folder of .txt/.md/.html/.jsonl/.parquet documents.")
+OutOpt = typer.Option(..., "--out", help="The run directory to write (created if needed; reruns resume).")
+ConfigOpt = typer.Option(None, "--config", help="YAML run config (see configs/).")
+SetOpt = typer.Option(None, "--set", help="Override a config field: --set llm.batch_size=4 (repeatable).")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS or a local Ray).")
+
+
+def open_run(out: Path, command: str, config: Optional[Path], overrides: Optional[list[str]], address: Optional[str]):
+    from cluster.runtime import connect
+    from pipelines.core.run import Run
+    from pipelines.registry import load_config
+
+    cfg = load_config(config, overrides)
+    connect(address)
+    run = Run.open(out, command=command, config=cfg.model_dump(mode="json"))
+    return cfg, run
+
+
+def finish(run, t0: float) -> None:
+    run.manifest["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    run.finish("done")
+    try:
+        from pipelines.report import write_report
+
+        path = write_report(run.root)
+        typer.echo(f"report: {path}")
+    except ImportError:
+        pass
+    summary = {s["name"]: {"in": s["in"], "out": s["out"], "rejected": sum(s["rejected"].values())}
+               for s in run.manifest["stages"]}
+    typer.echo(json.dumps({"run": str(run.root), "stages": summary}, indent=1))
+
+
+def execute(command: str, corpus: Path, out: Path, config, overrides, address, method=None, limit=None) -> None:
+    """Ingest the corpus, then run ``method(run, cfg, limit=...)``; the manifest records failure."""
+    from pipelines.stages.ingest import ingest as run_ingest
+
+    t0 = time.perf_counter()
+    cfg, run = open_run(out, command, config, overrides, address)
+    try:
+        run_ingest(run, corpus, cfg.ingest)
+        if method is not None:
+            method(run, cfg, limit=limit)
+    except BaseException:
+        run.finish("failed")
+        raise
+    finish(run, t0)
+
+
+@app.command()
+def ingest(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] = ConfigOpt,
+           set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help), address: Optional[str] = AddressOpt):
+    """Read, clean, chunk, deduplicate and sentence-split a corpus into RUN/."""
+    execute("ingest", corpus, out, config, set_, address)
+
+
+def _run_command(name: str, summary: str, limit_help: str):
+    """``synthrag run NAME``: ingest, then the registered method's pipeline."""
+
+    def command(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] = ConfigOpt,
+                limit: Optional[int] = typer.Option(None, "--limit", help=limit_help),
+                set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help),
+                address: Optional[str] = AddressOpt):
+        from pipelines.registry import METHODS
+
+        execute(f"run {name}", corpus, out, config, set_, address, METHODS[name].run, limit)
+
+    command.__doc__ = summary
+    return command
+
+
+def _register_methods() -> None:
+    from pipelines.registry import METHODS
+
+    for m in METHODS.values():
+        run_app.command(m.name)(_run_command(m.name, m.summary, m.limit_help))
+
+
+_register_methods()

@@ -1,0 +1,65 @@
+"""``synthrag train retriever``: fine-tune an embedding model on training lists (Ray Train)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+
+from pipelines.cli.app import train_app
+
+
+@train_app.command("retriever")
+def train_retriever_cmd(
+    data: Path = typer.Option(..., "--data", help="run directory (retrieval_lists + chunks) or a "
+                              ".jsonl/.parquet file of lists with inline texts"),
+    base: str = typer.Option("embedded", "--base", help="sentence-transformers dir or 'embedded'"),
+    out: Path = typer.Option(..., "--out", help="output model directory; rerun to resume"),
+    loss: str = typer.Option("combined", "--loss", help="contrastive|listwise|combined|pairwise"),
+    epochs: int = typer.Option(3, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size", help="queries per step, all workers"),
+    chunk_size: int = typer.Option(32, "--chunk-size", help="texts per GradCache chunk"),
+    loss_chunk_size: Optional[int] = typer.Option(
+        None, "--loss-chunk-size", help="query rows per loss block (bounds the score matrix)"),
+    workers: int = typer.Option(1, "--workers"),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker"),
+    lr: float = typer.Option(2e-5, "--lr"),
+    warmup_ratio: float = typer.Option(0.1, "--warmup-ratio"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    negatives: int = typer.Option(19, "--negatives", help="K hard negatives per query"),
+    fn_fraction: float = typer.Option(0.6, "--fn-fraction",
+                                      help="drop candidates above this fraction of the "
+                                           "positive's teacher score (0 disables)"),
+    patience: int = typer.Option(2, "--patience"),
+    min_delta: float = typer.Option(0.0, "--min-delta"),
+    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    query_prefix: str = typer.Option("", "--query-prefix"),
+    passage_prefix: str = typer.Option("", "--passage-prefix"),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="default: GPUs if present"),
+    seed: int = typer.Option(0, "--seed"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join"),
+) -> None:
+    """Train a retriever with GradCache on Ray Train and export a sentence-transformers model."""
+    from training.retriever import DataError, RetrieverTrainConfig, train_retriever
+
+    try:
+        cfg = RetrieverTrainConfig(
+            data=data, base=base, out=out, loss=loss, epochs=epochs, batch_size=batch_size,
+            chunk_size=chunk_size, loss_chunk_size=loss_chunk_size, workers=workers,
+            cpus_per_worker=cpus_per_worker, lr=lr, warmup_ratio=warmup_ratio,
+            max_steps=max_steps, negatives=negatives, fn_fraction=fn_fraction or None,
+            patience=patience, min_delta=min_delta, max_length=max_length,
+            query_prefix=query_prefix, passage_prefix=passage_prefix, use_gpu=gpu, seed=seed)
+    except ValidationError as e:
+        raise typer.BadParameter(str(e)) from e
+    try:
+        metrics = train_retriever(cfg, address=address)
+    except DataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    summary = {k: metrics[k] for k in ("best_epoch", "best_dev_loss", "stopped_early",
+                                       "epochs_run", "steps", "starts")}
+    typer.echo(json.dumps({"model": str(cfg.out.resolve()), **summary}))

@@ -1,0 +1,144 @@
+"""RAGSynth single-hop: rows, checks and example building for the clue and QA stages.
+
+    chunk ──clues──▶ facts citing the chunk's sentence numbers      (M2: clue → sentence)
+          ──qa─────▶ question + answer sentences citing facts        (M1: answer sentence → clue)
+          ──cite───▶ citations = M2 ∘ M1 (pipelines/stages/citations.py), checked for support
+
+Prompts number sentences and clues from 1 (what models expect); the data model counts from 0.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from pipelines.core.schema import (
+    EXAMPLES,
+    REJECT_DETAIL,
+    REJECT_REASON,
+    dumps,
+    stable_id,
+    staging,
+)
+from pipelines.stages.citations import compose, content_words, support
+
+METHOD = "ragsynth"
+EXAMPLE_STAGING = staging(EXAMPLES)
+
+
+def clue_inputs(batch: pa.Table, max_sentences: int, max_clues: int, min_support: float) -> pa.Table:
+    rows = []
+    for r in batch.select(["chunk_id", "doc_id", "text", "sentences", "sentence_spans"]).to_pylist():
+        spans = r["sentence_spans"][:max_sentences]
+        rows.append({"chunk_id": r["chunk_id"], "doc_id": r["doc_id"],
+                     "sentence_ids": r["sentences"][: len(spans)],
+                     "sentences": [r["text"][s["start"]:s["end"]] for s in spans],
+                     "max_clues": max_clues, "min_support": min_support})
+    return pa.Table.from_pylist(rows)
+
+
+def check_clues(row: dict, reply: dict) -> str | None:
+    """Reject replies whose clues cite sentences the passage does not have, or sentences that
+    do not state the clue (M2 must hold before anything is built on it)."""
+    n = len(row["sentences"])
+    for c in reply["clues"]:
+        bad = [i for i in c["sentences"] if not 1 <= i <= n]
+        if bad:
+            return f"citation_out_of_range: clue cites sentence {bad[0]} of {n}"
+        score = support(c["fact"], [row["sentences"][i - 1] for i in c["sentences"]])
+        if score < row["min_support"]:
+            return f"unsupported_clue: {score:.2f} of the clue's words are in its sentences: {c['fact'][:80]!r}"
+    return None
+
+
+def clue_records(row: dict) -> list[dict]:
+    """The clues of one ``ragsynth_clues`` row, with resolved sentence ids and texts."""
+    sids, sents = row["sentence_ids"], row["sentences"]
+    out = []
+    for i, c in enumerate(json.loads(row["llm_output"])["clues"]):
+        idx = [j - 1 for j in c["sentences"]]
+        out.append({"clue_id": f"{row['chunk_id']}/k{i}", "chunk_id": row["chunk_id"], "doc_id": row["doc_id"],
+                    "text": c["fact"].strip(), "sentence_ids": [sids[j] for j in idx],
+                    "sentences": [sents[j] for j in idx]})
+    return out
+
+
+def qa_inputs(batch: pa.Table) -> pa.Table:
+    rows = []
+    for r in batch.select(["chunk_id", "doc_id", "sentence_ids", "sentences", "llm_output"]).to_pylist():
+        clues = clue_records(r)
+        rows.append({"chunk_id": r["chunk_id"], "doc_id": r["doc_id"], "clue_json": json.dumps(clues),
+                     "clues": [c["text"] for c in clues]})
+    return pa.Table.from_pylist(rows)
+
+
+def check_qa(row: dict, reply: dict) -> str | None:
+    """The answer cites existing clues, and the question is a question about them."""
+    n = len(row["clues"])
+    for a in reply["answer"]:
+        bad = [i for i in a["facts"] if not 1 <= i <= n]
+        if bad:
+            return f"citation_out_of_range: answer cites fact {bad[0]} of {n}"
+    question = reply["question"].strip()
+    if not question.endswith("?"):
+        return "not_a_question: the question does not end with '?'"
+    cited = " ".join(row["clues"][i - 1] for a in reply["answer"] for i in a["facts"])
+    if not content_words(question) & content_words(cited):
+        return "question_off_topic: the question shares no content word with the clues it rests on"
+    return None
+
+
+def clue_struct(c: dict) -> dict:
+    return {k: c[k] for k in ("clue_id", "text", "sentence_ids", "chunk_id", "doc_id")}
+
+
+def cover_rubric(answer_sentences: list[dict]) -> list[dict]:
+    """Criteria of a full answer: every answer sentence must be covered."""
+    return [{"kind": "cover", "text": s["text"]} for s in answer_sentences]
+
+
+def example_from(qa: dict, clues: list[dict], composed: dict, *, task: str, lineage: dict,
+                 id_parts: tuple, meta: dict | None = None) -> dict:
+    """An examples row from a QA reply and the composition of its citations."""
+    question = qa["question"].strip()
+    used = [c for c in clues if any(c["clue_id"] in s["clue_ids"] for s in composed["answer_sentences"])]
+    chunks = list(dict.fromkeys(c["chunk_id"] for c in clues))
+    return {
+        "example_id": stable_id(METHOD, task, *id_parts, question), "method": METHOD, "task": task,
+        "query": question, "answer": " ".join(s["text"] for s in composed["answer_sentences"]),
+        "citations": composed["citations"], "positives": chunks, "references": chunks,
+        "clues": [clue_struct(c) for c in clues],
+        "hop": len({c["doc_id"] for c in clues}), "rubric": cover_rubric(composed["answer_sentences"]),
+        "meta": dumps({"support": composed["support"], "answer_sentences": composed["answer_sentences"],
+                       "used_clues": [c["clue_id"] for c in used], **(meta or {})}),
+        **lineage}
+
+
+def resolve(row: dict, min_support: float, lineage: dict) -> dict:
+    """Compose M1 with M2 into citations for a single-hop QA row; ``{"example": ...}`` or
+    ``{"reason": ..., "detail": ...}``."""
+    qa = json.loads(row["llm_output"])
+    clues = json.loads(row["clue_json"])
+    composed = compose(qa["answer"], clues, min_support)
+    if "reason" in composed:
+        return composed
+    return {"example": example_from(qa, clues, composed, task="single_hop", lineage=lineage,
+                                    id_parts=(row["chunk_id"],))}
+
+
+def build_examples(batch: pa.Table, min_support: float) -> pa.Table:
+    out = []
+    for row in batch.to_pylist():
+        lineage = {"stage": "ragsynth_cite", "prompt_id": row["prompt_id"], "model": row["model"], "seed": row["seed"]}
+        res = resolve(row, min_support, lineage)
+        if "example" in res:
+            out.append({**res["example"], REJECT_REASON: None, REJECT_DETAIL: None})
+        else:  # keep the query text in the reject so a person can see what was dropped
+            qa = json.loads(row["llm_output"])
+            out.append({"example_id": stable_id(METHOD, "single_hop", row["chunk_id"], qa["question"]),
+                        "method": METHOD, "task": "single_hop", "query": qa["question"],
+                        "answer": " ".join(a["sentence"] for a in qa["answer"]), "citations": [],
+                        "positives": [row["chunk_id"]], **lineage,
+                        REJECT_REASON: res["reason"], REJECT_DETAIL: dumps(res["detail"])})
+    return pa.Table.from_pylist(out, schema=EXAMPLE_STAGING)

@@ -1,0 +1,66 @@
+"""The methods synthrag runs, by name, and the run config they share.
+
+A method is a package under ``pipelines/`` (its pipeline in ``__init__.py``, its settings in
+``config.py``) plus one line in :data:`METHODS`. ``synthrag run NAME`` is built from this table,
+and the run config gets one section per method (``ragsynth:``, ``querygen:``, ...) beside the
+sections every method shares (``ingest``, ``llm``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from actors.llm import LLMConfig
+from pipelines.core.config import read_config
+from pipelines.querygen import querygen
+from pipelines.querygen.config import QuerygenConfig
+from pipelines.ragsynth import ragsynth
+from pipelines.ragsynth.config import RagsynthConfig
+from pipelines.stages.ingest import IngestConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    run: Callable  # run(run: Run, cfg: RunConfig, *, limit: int | None) -> None, after ingest
+    config: type[BaseModel]  # the method's section of the run config
+    summary: str  # one line for `synthrag run --help`
+    limit_help: str = "Cap the chunks sent to the LLM."
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("ragsynth", ragsynth, RagsynthConfig,
+           "RAGSynth: single- and multi-hop QA citing source sentences, rewrites, completeness variants, exports."),
+    Method("querygen", querygen, QuerygenConfig,
+           "Query distillation: six query types per passage, retriever + teacher filtering, scored lists.",
+           "Sample up to N passages after ingest and dedupe."),
+]}
+
+
+class BaseRunConfig(BaseModel):
+    """The sections every method shares; :data:`RunConfig` adds one section per method."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    prompts_dir: str | None = None  # a folder of prompt files overriding the packaged ones
+
+    def prompt_search(self) -> list[str] | None:
+        return [self.prompts_dir] if self.prompts_dir else None
+
+
+RunConfig = create_model("RunConfig", __base__=BaseRunConfig,
+                         **{m.name: (m.config, Field(default_factory=m.config)) for m in METHODS.values()})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaseRunConfig:
+    """The run config from a YAML file and ``--set`` overrides (unknown keys are errors)."""
+    cfg = read_config(RunConfig, path, overrides)
+    if cfg.llm.seed == 0 and cfg.seed:
+        cfg.llm.seed = cfg.seed
+    return cfg

@@ -1,0 +1,54 @@
+"""The two ways a stage runs: through the LLM actor pool (:func:`llm_stage`) or as a plain
+transformation (:func:`build_stage`). Both are resumable, fingerprinted by their upstream stages
+and settings, and account for every row (kept, or in ``rejects/<stage>/`` with its reason).
+Every method builds its pipeline from these.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyarrow as pa
+
+from actors.llm import llm_map
+from pipelines.core.run import KEEP, Run
+from pipelines.core.schema import EXAMPLES
+
+
+def fingerprints(run: Run, *names: str) -> list[str]:
+    """The fingerprints of upstream stages: a stage reruns when any of them changed."""
+    return [run.stage_record(n)["fingerprint"] for n in names]
+
+
+def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key: str,
+              prompt, table: str, *, check=None, prompt_key: str | None = None, extra_fp: tuple = ()) -> None:
+    """An LLM stage: ``rows()`` gives the prepared input dataset; rows already written by an
+    interrupted run of the same stage are skipped (``key``); replies (or rejects) go to ``table``."""
+    with run.stage(name, *fingerprints(run, *upstream), *extra_fp, cfg.llm.fingerprint(), cfg.prompts_dir) as rec:
+        if rec is None:
+            return
+        ds = run.resume(rec, rows(), key)
+        n = ds.count()
+        if not n:  # nothing (left) to do: an empty table, and the rows an interrupted run wrote
+            empty = pa.table({key: pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+            run.commit(rec, ray_from_arrow(empty), table=table)
+            return
+        ds = llm_map(ds, llm=cfg.llm, prompt=prompt, stage=name, check=check,
+                     prompt_search=cfg.prompt_search(), prompt_key=prompt_key, rows=n,
+                     journal_dir=run.staging_dir(name) / "inflight")
+        run.commit(rec, ds, table=table)
+
+
+def ray_from_arrow(table: pa.Table):
+    import ray.data
+
+    return ray.data.from_arrow(table)
+
+
+def build_stage(run: Run, name: str, upstream: list[str], build: Callable, table: str,
+                schema: pa.Schema = EXAMPLES, extra_fp: tuple = ()) -> None:
+    """A stage without a model: ``build()`` returns a dataset (or Arrow table) of rows with
+    ``reject_reason``; kept rows are written to ``table`` with ``schema``."""
+    with run.stage(name, *fingerprints(run, *upstream), *extra_fp) as rec:
+        if rec is not None:
+            run.commit(rec, build(), table=table, schema=schema)
