@@ -74,7 +74,26 @@ class CrashJournal:
             if set(held) <= done:
                 f.unlink(missing_ok=True)
 
+    def note_recovery(self, rows: int, rejected: int) -> None:
+        """Record that a batch held by a dead worker was rerun row by row (``rejected`` of its
+        ``rows`` as poison), so the driver can say so in its own words (:meth:`recoveries`)."""
+        (self.folder / f"{uuid.uuid4().hex}.recovered").write_text(json.dumps({"rows": rows, "rejected": rejected}))
+
+    def recoveries(self) -> dict[str, int]:
+        """Totals over every recovered batch: ``{"batches", "rows", "rejected"}``."""
+        out = {"batches": 0, "rows": 0, "rejected": 0}
+        for f in self.folder.glob("*.recovered"):
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            out["batches"] += 1
+            out["rows"] += rec["rows"]
+            out["rejected"] += rec["rejected"]
+        return out
+
     def clear(self) -> None:
         """Start afresh (records left by a killed driver are not the rows' fault)."""
-        for f in list(self.folder.glob("*.inflight")) + list(self.folder.glob("*.tmp")):
-            f.unlink(missing_ok=True)
+        for pattern in ("*.inflight", "*.tmp", "*.recovered"):
+            for f in list(self.folder.glob(pattern)):
+                f.unlink(missing_ok=True)

@@ -475,15 +475,17 @@ class LLMActor:
                 return self._run(batch, rows)
         # a worker died holding some of these rows: run them one at a time, so the next crash
         # names the row that caused it, and reject a row once it has been held by max_crashes
-        parts = []
+        parts, poison = [], 0
         for i, (row, key) in enumerate(zip(rows, keys)):
             one = batch.slice(i, 1)
             if crashes[key] >= self.journal.max_crashes:
                 err = f"actor_crashed: the worker died {crashes[key]} times while holding this row"
                 parts.append(self._table(one, [row], [(None, "", err, crashes[key])]))
+                poison += 1
                 continue
             with self.journal.in_flight([key]):
                 parts.append(self._run(one, [row]))
+        self.journal.note_recovery(len(rows), poison)
         self.journal.forget(keys)
         return pa.concat_tables(parts)
 

@@ -1,7 +1,12 @@
 """Start or join Ray. Every entry point goes through :func:`connect`.
 
-Without an address a local Ray is started (dashboard off, quiet); with ``--address`` or
+Without an address a local Ray is started (dashboard off); with ``--address`` or
 ``RAY_ADDRESS`` the process joins that cluster. Calling it twice is harmless.
+
+Quiet by default: what a person sees is synthrag's own line per stage. Ray's log lines (worker
+output forwarded to the driver, Ray Data's progress and execution logs, the C++ core's warnings)
+are shown with ``synthrag --verbose`` (or ``SYNTHRAG_VERBOSE=1``). A real failure still surfaces
+as the Python exception it raises, with its cause.
 """
 
 from __future__ import annotations
@@ -12,15 +17,24 @@ import os
 import ray
 
 
+def verbose() -> bool:
+    return os.environ.get("SYNTHRAG_VERBOSE", "0") not in ("", "0", "false")
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
     """Join ``address`` (or ``RAY_ADDRESS``) or start a local Ray; returns cluster resources."""
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
+    loud = verbose()
+    if not loud:
+        # the driver's C++ core worker prints warnings to stderr (e.g. "constructor arguments in
+        # the object store and max_restarts > 0" for every actor pool Ray Data starts)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs: dict = dict(
         address=address,
-        log_to_driver=True,
-        logging_level=logging.WARNING,
+        log_to_driver=loud,
+        logging_level=logging.INFO if loud else logging.WARNING,
         configure_logging=True,
     )
     if address is None:
@@ -31,8 +45,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
         kwargs.update(include_dashboard=False, num_cpus=num_cpus or max(4, os.cpu_count() or 1))
     ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = os.environ.get("SYNTHRAG_PROGRESS", "1") != "0"
+    ctx.enable_progress_bars = os.environ.get("SYNTHRAG_PROGRESS", "1" if loud else "0") != "0"
     ctx.print_on_execution_start = False
+    if not loud:
+        for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return ray.cluster_resources()
 
 

@@ -32,6 +32,29 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A real transformers model for mechanics tests: the embedded model's tokenizer and chat
+    template on a 2-layer, 64-wide Llama with random weights (seeded), built here in under a
+    second. It writes nonsense, but JSON-schema guided decoding still makes its replies parse
+    when the schema bounds every string (maxLength), so rows flow through every path fast."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from actors.models import embedded_llm_dir
+
+    out = tmp_path_factory.mktemp("tiny-llm")
+    tok = AutoTokenizer.from_pretrained(embedded_llm_dir())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")

@@ -88,7 +88,7 @@ def test_actor_retries_then_rejects_with_raw_text(monkeypatch):
     assert out[2]["llm_output"] is None and out[2]["reject_reason"] == "unparsable_reply"
     assert json.loads(out[2]["reject_detail"])["raw"] == RECORDED["double_brace"]
     for r in out:
-        assert (r["stage"], r["prompt_id"], r["model"]) == ("unit", "test/echo_question@1", "replay")
+        assert (r["stage"], r["prompt_id"], r["model"]) == ("unit", "test/echo_question@2", "replay")
 
 
 def test_actor_check_failures_are_retried_and_named(monkeypatch):
@@ -254,4 +254,4 @@ def test_llm_map_on_an_actor_pool(ray_local):
     for t in ("Bees make honey.", "Ice melts at zero degrees."):
         assert by[t]["reject_reason"] is None, by[t]["reject_detail"]
         assert json.loads(by[t]["llm_output"])["question"]
-        assert by[t]["model"] == "SmolLM2-135M-Instruct" and by[t]["prompt_id"] == "test/echo_question@1"
+        assert by[t]["model"] == "SmolLM2-135M-Instruct" and by[t]["prompt_id"] == "test/echo_question@2"

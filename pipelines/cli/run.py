@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -35,13 +34,26 @@ def finish(run, t0: float) -> None:
     try:
         from pipelines.report import write_report
 
-        path = write_report(run.root)
-        typer.echo(f"report: {path}")
+        write_report(run.root)
     except ImportError:
         pass
-    summary = {s["name"]: {"in": s["in"], "out": s["out"], "rejected": sum(s["rejected"].values())}
-               for s in run.manifest["stages"]}
-    typer.echo(json.dumps({"run": str(run.root), "stages": summary}, indent=1))
+    for line in summary_lines(run):
+        typer.echo(line)
+
+
+def summary_lines(run) -> list[str]:
+    """What a person reads at the end: the funnel in one line, then where the outputs are."""
+    counts = [(t, run.count(t)) for t in ("documents", "chunks", "examples", "retrieval_lists") if run.has(t)]
+    rejected: dict[str, int] = {}
+    for s in run.manifest["stages"]:
+        for reason, n in s["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    top = ", ".join(f"{r} {n}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1])[:4])
+    funnel = " → ".join(f"{n} {t.replace('_', ' ')}" for t, n in counts)
+    dropped = f"; {sum(rejected.values())} rows rejected ({top}{', ...' if len(rejected) > 4 else ''})" if rejected else ""
+    outputs = [name for name in ("examples", "retrieval_lists", "exports", "rejects") if run.path(name).exists()]
+    return [f"[synthrag] done in {run.manifest['wall_seconds']:.0f}s: {funnel}{dropped}",
+            f"[synthrag] outputs in {run.root}/: {', '.join(o + '/' for o in outputs)} manifest.json, report.html"]
 
 
 def execute(command: str, corpus: Path, out: Path, config, overrides, address, method=None, limit=None) -> None:

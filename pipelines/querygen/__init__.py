@@ -39,6 +39,7 @@ from pipelines.core.schema import (
 )
 from pipelines.querygen.config import DEFAULT_EXAMPLES, QUERY_TYPES, QuerygenConfig
 from pipelines.stages.index import index_run_chunks
+from pipelines.stages.stage import journal_dir, report_recoveries
 
 
 # ----------------------------------------------------------------------------- sample + generate
@@ -194,8 +195,9 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
             ds = llm_map(ds, llm=llm, prompt={t: f"querygen/{t}" for t in qg.query_types}, prompt_key="query_type",
                          stage="querygen_generate", check=check_query(qg.max_query_words),
                          prompt_search=cfg.prompt_search(), rows=len(ids) * len(qg.query_types),
-                         journal_dir=run.staging_dir("querygen_generate") / "inflight")
+                         journal_dir=journal_dir(run, "querygen_generate"))
             run.commit(rec, ds.map_batches(_queries, batch_format="pyarrow"), table="querygen_queries")
+            report_recoveries(run, rec)
             rec.extra["passages"] = len(ids)
 
     index_run_chunks(run, qg.embedder, qg.index, actors=qg.embed_actors)

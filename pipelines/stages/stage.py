@@ -6,10 +6,12 @@ Every method builds its pipeline from these.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
 
+from actors.crash_journal import CrashJournal
 from actors.llm import llm_map
 from pipelines.core.run import KEEP, Run
 from pipelines.core.schema import EXAMPLES
@@ -35,8 +37,25 @@ def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key
             return
         ds = llm_map(ds, llm=cfg.llm, prompt=prompt, stage=name, check=check,
                      prompt_search=cfg.prompt_search(), prompt_key=prompt_key, rows=n,
-                     journal_dir=run.staging_dir(name) / "inflight")
+                     journal_dir=journal_dir(run, name))
         run.commit(rec, ds, table=table)
+        report_recoveries(run, rec)
+
+
+def journal_dir(run: Run, stage: str) -> Path:
+    """Where an LLM stage's actors journal the rows they hold (see actors/crash_journal.py)."""
+    return run.path(".journal") / stage
+
+
+def report_recoveries(run: Run, rec) -> None:
+    """Say, in synthrag's words, when an LLM worker died and its rows were rerun (Ray restarts
+    the actor; the journal reruns the rows it held one by one and rejects a poison row)."""
+    r = CrashJournal(journal_dir(run, rec.name)).recoveries()
+    if r["rows"]:
+        rec.extra["recovered_after_crash"] = r
+        print(f"[synthrag] {rec.name}: an LLM worker died while holding rows; Ray restarted it and "
+              f"synthrag reran those {r['rows']} row(s) one at a time ({r['rejected']} rejected as actor_crashed)",
+              flush=True)
 
 
 def ray_from_arrow(table: pa.Table):
