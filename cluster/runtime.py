@@ -4,9 +4,9 @@ Without an address a local Ray is started (dashboard off); with ``--address`` or
 ``RAY_ADDRESS`` the process joins that cluster. Calling it twice is harmless.
 
 Quiet by default: what a person sees is synthrag's own line per stage. Ray's log lines (worker
-output forwarded to the driver, Ray Data's progress and execution logs, the C++ core's warnings)
-are shown with ``synthrag --verbose`` (or ``SYNTHRAG_VERBOSE=1``). A real failure still surfaces
-as the Python exception it raises, with its cause.
+output forwarded to the driver, Ray Data's progress and execution logs; the C++ core's lines are
+filtered by :mod:`cluster.quiet` in the CLI) are shown with ``synthrag --verbose`` (or
+``SYNTHRAG_VERBOSE=1``). A real failure still surfaces as the Python exception it raises.
 """
 
 from __future__ import annotations
@@ -27,10 +27,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS") or None
     loud = verbose()
-    if not loud:
-        # the driver's C++ core worker prints warnings to stderr (e.g. "constructor arguments in
-        # the object store and max_restarts > 0" for every actor pool Ray Data starts)
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs: dict = dict(
         address=address,
         log_to_driver=loud,
@@ -43,13 +39,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
         # can all be scheduled on a 2-core machine instead of waiting on each other.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs.update(include_dashboard=False, num_cpus=num_cpus or max(4, os.cpu_count() or 1))
+    if not loud:
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # Ray Data re-applies its config per dataset
+        for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("SYNTHRAG_PROGRESS", "1" if loud else "0") != "0"
     ctx.print_on_execution_start = False
-    if not loud:
-        for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     return ray.cluster_resources()
 
 

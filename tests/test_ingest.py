@@ -161,7 +161,7 @@ def _messy_corpus(root, big_bytes: int):
 @pytest.mark.slow
 def test_ingest_messy_folder_end_to_end(ray_local, tmp_path):
     corpus = tmp_path / "corpus"
-    _messy_corpus(corpus, big_bytes=8 * 2**20)
+    _messy_corpus(corpus, big_bytes=3 * 2**20)  # three 1 MiB shards
     cfg = IngestConfig(splitter="regex", chunk_tokens=256, overlap_tokens=0, shard_bytes=1 << 20)
     run = Run.open(tmp_path / "run", command="test", config={})
     ingest(run, corpus, cfg)

@@ -240,11 +240,12 @@ def test_vllm_engine_needs_vllm():
 
 # ----------------------------------------------------------------------------- on Ray Data
 @pytest.mark.slow
-def test_llm_map_on_an_actor_pool(ray_local):
+def test_llm_map_on_an_actor_pool(ray_local, tiny_llm):
     import ray
 
     rows = [{"text": t} for t in ["Bees make honey.", "Ice melts at zero degrees.", "Owls hunt at night."]]
-    ds = llm_map(ray.data.from_items(rows), llm=LLMConfig(batch_size=2, max_retries=1), prompt="test/echo_question",
+    llm = LLMConfig(engine="transformers", model=str(tiny_llm), batch_size=2, max_retries=1, num_cpus=1)
+    ds = llm_map(ray.data.from_items(rows), llm=llm, prompt="test/echo_question",
                  stage="pool", check=lambda row, reply: "always_bad: test" if row["text"].startswith("Owls") else None)
     out = sorted(ds.take_all(), key=lambda r: r["text"])
     assert len(out) == 3
@@ -254,4 +255,4 @@ def test_llm_map_on_an_actor_pool(ray_local):
     for t in ("Bees make honey.", "Ice melts at zero degrees."):
         assert by[t]["reject_reason"] is None, by[t]["reject_detail"]
         assert json.loads(by[t]["llm_output"])["question"]
-        assert by[t]["model"] == "SmolLM2-135M-Instruct" and by[t]["prompt_id"] == "test/echo_question@2"
+        assert by[t]["model"] == str(tiny_llm) and by[t]["prompt_id"] == "test/echo_question@2"

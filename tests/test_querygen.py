@@ -53,10 +53,12 @@ def test_examples_file_is_validated(tmp_path):
         load_examples(QuerygenConfig(examples_file=str(bad)))
 
 
-# A small run: 8 passages of ~100 tokens x 3 query types, lists of 10 candidates (the method's
-# 20 is the default); the LLM's prompt length is most of its cost on a CPU.
+# A small run: N = 6 passages of ~100 tokens (of 20 SciFact abstracts, ~90 chunks) x 3 query types, lists of
+# K = 10 candidates (the method's 20 is the default); the teacher scores every query against its K
+# candidates, so the LLM work is 18 generations + up to 180 scorings (and >= 2 lists survive to train on).
+N, K = 6, 10  # passages, candidates per list
 SMALL = ["--set", "querygen.query_types=[question,keywords,title]", "--set", "llm.batch_size=8",
-         "--set", "querygen.top_k=10", "--set", "ingest.chunk_tokens=100"]
+         "--set", f"querygen.top_k={K}", "--set", "ingest.chunk_tokens=100"]
 
 
 @pytest.mark.slow
@@ -68,18 +70,18 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
 
     corpus = tmp_path / "corpus.jsonl"
     with open(shared_data / "scifact" / "corpus.jsonl") as src:
-        corpus.write_text("".join(next(src) for _ in range(120)))
+        corpus.write_text("".join(next(src) for _ in range(20)))
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["run", "querygen", "--corpus", str(corpus), "--out", str(out), "--limit", "8", *SMALL])
+    res = CliRunner().invoke(app, ["run", "querygen", "--corpus", str(corpus), "--out", str(out), "--limit", str(N), *SMALL])
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     stages = {s["name"]: s for s in manifest["stages"]}
     for s in stages.values():
         assert s["in"] == s["out"] + sum(s["rejected"].values()), s
     gen, filt = stages["querygen_generate"], stages["querygen_filter"]
-    assert gen["in"] == 8 * 3
+    assert gen["in"] == N * 3
     assert filt["in"] == gen["out"]
-    assert set(filt["rejected"]) <= {"source_not_in_top10", "teacher_prefers_other"}
+    assert set(filt["rejected"]) <= {f"source_not_in_top{K}", "teacher_prefers_other"}
     by_type = filt["by_type"]
     assert set(by_type) <= {"question", "keywords", "title"}
     assert sum(d["generated"] for d in by_type.values()) == gen["in"]
@@ -90,8 +92,8 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
     assert len(lists) == stages["querygen_lists"]["out"] == filt["out"]
     filtered = {r["query_id"]: r for r in pads.dataset(out / "querygen_filtered").to_table().to_pylist()}
     for r in lists:
-        assert len(r["candidates"]) == 10 and r["positive"] in r["candidates"]
-        assert len(r["teacher_scores"]) == len(r["false_negative"]) == 10
+        assert len(r["candidates"]) == K and r["positive"] in r["candidates"]
+        assert len(r["teacher_scores"]) == len(r["false_negative"]) == K
         assert all(0.0 <= s <= 1.0 for s in r["teacher_scores"])
         raw = filtered[r["query_id"]]["raw_scores"]
         assert int(np.argmax(raw)) == r["candidates"].index(r["positive"])  # teacher's rank 1
@@ -109,7 +111,7 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
     qrels = {q: rel for q, rel in qrels.items() if rel}
     queries = {q: t for q, t in load_queries(scifact, "train").items() if q in qrels}
     beir = write_beir(tmp_path / "beir", docs, queries, qrels, split="dev")
-    res = CliRunner().invoke(app, ["run", "querygen", "--corpus", str(corpus), "--out", str(out), "--limit", "8", *SMALL, "--set", "querygen.train.enabled=true",
+    res = CliRunner().invoke(app, ["run", "querygen", "--corpus", str(corpus), "--out", str(out), "--limit", str(N), *SMALL, "--set", "querygen.train.enabled=true",
                                    "--set", "querygen.train.epochs=1", "--set", "querygen.train.batch_size=1",
                                    "--set", "querygen.train.negatives=3", "--set", "querygen.train.loss=combined",
                                    "--set", f"querygen.evaluate.beir={beir}", "--set", "querygen.evaluate.split=dev"])

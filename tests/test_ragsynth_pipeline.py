@@ -1,4 +1,4 @@
-"""`synthrag run ragsynth` end to end with the real embedded models, then both evaluators."""
+"""`synthrag run ragsynth` end to end with the real embedded models (the README demo), then both evaluators."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pytest
 from pipelines.stages.citations import support
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
-CAPS = ["--set", "ragsynth.multihop.max_questions=3", "--set", "ragsynth.rewrites.max_questions=2",
-        "--set", "ragsynth.rewrites.per_question=1", "--set", "ragsynth.variants.max_per_question=2",
-        "--set", "llm.max_retries=0"]
+# The README's first command: the demo config (the full pipeline with small caps)
+CAPS = ["--config", str(CORPUS.parents[1] / "configs" / "demo.yaml")]
 STAGES = ["read", "chunk", "dedupe", "sentences", "ragsynth_clues", "ragsynth_qa", "ragsynth_cite", "ragsynth_ner",
           "ragsynth_entities_llm", "ragsynth_entities", "ragsynth_bridges", "ragsynth_multihop",
           "ragsynth_multihop_cite", "ragsynth_single_doc_scores", "ragsynth_single_doc", "ragsynth_rewrite",

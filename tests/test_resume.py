@@ -91,7 +91,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "ragsynth", "--corpus", str(REPO / "examples" / "corpus"),
            "--out", str(out), "--limit", "4", "--set", "llm.batch_size=1", "--set", "llm.max_retries=0",
            "--set", "ragsynth.multihop.enabled=false", "--set", "ragsynth.rewrites.enabled=false",
-           "--set", "ragsynth.variants.enabled=false"]
+           "--set", "ragsynth.variants.enabled=false", "--set", "ragsynth.export.lists=false"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SYNTHRAG_PROGRESS": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -145,7 +145,7 @@ def _complete(f: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_killed_llm_actor_loses_nothing(ray_local, tmp_path):
+def test_killed_llm_actor_loses_nothing(ray_local, tiny_llm, tmp_path):
     """The first time the actor sees row 'boom' its process dies; Ray restarts it and retries."""
     import ray
 
@@ -161,7 +161,8 @@ def test_killed_llm_actor_loses_nothing(ray_local, tmp_path):
 
     texts = ["Bees make honey from nectar.", "Boom: the fuse blew in the pump house.", "Owls hunt at night."]
     ds = llm_map(ray.data.from_items([{"text": t} for t in texts]),
-                 llm=LLMConfig(batch_size=1, max_retries=0), prompt="test/echo_question", stage="crash", check=check)
+                 llm=LLMConfig(engine="transformers", model=str(tiny_llm), num_cpus=1, batch_size=1, max_retries=0),
+                 prompt="test/echo_question", stage="crash", check=check)
     out = ds.take_all()
     assert marker.exists(), "the actor was never killed"
     assert sorted(r["text"] for r in out) == sorted(texts)
@@ -171,7 +172,7 @@ def test_killed_llm_actor_loses_nothing(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_row_that_always_kills_its_actor_is_rejected_and_the_rest_kept(ray_local, tmp_path):
+def test_a_row_that_always_kills_its_actor_is_rejected_and_the_rest_kept(ray_local, tiny_llm, tmp_path):
     """A poison row kills every worker that holds it: after llm.max_crashes deaths it is a reject
     (actor_crashed) and every other row of its batch still gets its reply."""
     import ray
@@ -189,8 +190,9 @@ def test_a_row_that_always_kills_its_actor_is_rejected_and_the_rest_kept(ray_loc
 
     texts = ["Bees make honey from nectar.", "Boom: the fuse blew in the pump house.", "Owls hunt at night."]
     ds = llm_map(ray.data.from_items([{"text": t} for t in texts]),
-                 llm=LLMConfig(batch_size=3, max_retries=0, max_crashes=2), prompt="test/echo_question",
-                 stage="poison", check=check, journal_dir=tmp_path / "inflight")
+                 llm=LLMConfig(engine="transformers", model=str(tiny_llm), num_cpus=1, batch_size=3, max_retries=0,
+                               max_crashes=2),
+                 prompt="test/echo_question", stage="poison", check=check, journal_dir=tmp_path / "inflight")
     out = {r["text"]: r for r in ds.take_all()}
     assert sorted(out) == sorted(texts)
     assert len(list(deaths.iterdir())) == 2  # held twice (in its batch, then alone), then not run again
@@ -200,3 +202,7 @@ def test_a_row_that_always_kills_its_actor_is_rejected_and_the_rest_kept(ray_loc
         assert out[t]["reject_reason"] is None, out[t]["reject_detail"]
         assert json.loads(out[t]["llm_output"])["question"]
     assert not list((tmp_path / "inflight").glob("*.inflight"))  # the journal is clean afterwards
+    from actors.crash_journal import CrashJournal
+
+    # what the stage reports in its own words: the batch of 3 was rerun row by row, the poison row rejected
+    assert CrashJournal(tmp_path / "inflight").recoveries() == {"batches": 1, "rows": 3, "rejected": 1}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
+from cluster.quiet import quiet_terminal
+from cluster.runtime import verbose
 from pipelines.cli.app import app
 
 # Command modules register themselves on the apps in pipelines.cli.app when imported.
@@ -24,6 +27,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not ({"--verbose", "-v"} & set(sys.argv[1:]) or verbose()):
+        quiet_terminal()
     for name in COMMAND_MODULES:
         importlib.import_module(name)
     app()

@@ -51,9 +51,9 @@ def summary_lines(run) -> list[str]:
     top = ", ".join(f"{r} {n}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1])[:4])
     funnel = " → ".join(f"{n} {t.replace('_', ' ')}" for t, n in counts)
     dropped = f"; {sum(rejected.values())} rows rejected ({top}{', ...' if len(rejected) > 4 else ''})" if rejected else ""
-    outputs = [name for name in ("examples", "retrieval_lists", "exports", "rejects") if run.path(name).exists()]
+    outputs = [f"{name}/" for name in ("examples", "retrieval_lists", "exports", "rejects") if run.path(name).exists()]
     return [f"[synthrag] done in {run.manifest['wall_seconds']:.0f}s: {funnel}{dropped}",
-            f"[synthrag] outputs in {run.root}/: {', '.join(o + '/' for o in outputs)} manifest.json, report.html"]
+            f"[synthrag] outputs in {run.root}/: {', '.join([*outputs, 'manifest.json', 'report.html'])}"]
 
 
 def execute(command: str, corpus: Path, out: Path, config, overrides, address, method=None, limit=None) -> None:
