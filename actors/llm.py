@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol
 
 import pyarrow as pa
@@ -50,7 +51,7 @@ class LLMConfig(BaseModel):
     num_cpus: float = 2.0  # per actor; also its torch threads (the embedded model uses both cores of a laptop)
     num_gpus: float = 0.0
     tensor_parallel_size: int = Field(1, ge=1)
-    dtype: str = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: the checkpoint's (see TransformersEngine)
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     max_retries: int = Field(2, ge=0)  # extra attempts after the first
@@ -60,11 +61,15 @@ class LLMConfig(BaseModel):
     max_input_tokens: int = 1536  # longer prompts are truncated from the left of the user text
     guided: bool = True  # JSON-schema constrained decoding (xgrammar on transformers, vLLM's own)
     max_tokens: int | None = None  # overrides every prompt's sampling.max_tokens when set
+    # KV states of shared prompt prefixes kept per actor (transformers engine; see
+    # actors/prefix_cache.py); 0 turns reuse off. vLLM: its automatic prefix caching on/off
+    prefix_cache: int = Field(8, ge=0)
 
     def fingerprint(self) -> dict:
         """The settings that change what the LLM writes (a stage's cache key); how it is run
         (pool size, batch size, resources, crash budget) is left out."""
-        return self.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes"})
+        return self.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes",
+                                        "prefix_cache"})
 
     @model_validator(mode="after")
     def _check(self):
@@ -80,8 +85,24 @@ class LLMConfig(BaseModel):
 
 
 # ----------------------------------------------------------------------------- engines
+@dataclass
+class Usage:
+    """What one conversation cost the engine: prompt tokens, how many of them were not
+    recomputed (a reused shared prefix), generated tokens."""
+
+    prompt: int = 0
+    cached: int = 0
+    generated: int = 0
+    seconds: float = 0.0  # this row's share of the engine call's wall time
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(self.prompt + other.prompt, self.cached + other.cached,
+                     self.generated + other.generated, self.seconds + other.seconds)
+
+
 class Engine(Protocol):
     name: str
+    last_usage: list[Usage]  # one per conversation of the latest generate/score call
 
     def generate(self, messages: list[Messages], sampling: Sampling, seeds: list[int],
                  schema: dict | None, prefix: str) -> list[str]:
@@ -97,13 +118,24 @@ class Engine(Protocol):
 
 
 class TransformersEngine:
-    """transformers on CPU or GPU; the embedded default runs here."""
+    """transformers on CPU or GPU; the embedded default runs here. ``llm.dtype: auto`` is the
+    checkpoint's dtype (fp32 for the embedded model). ``bf16`` on a CPU with native bf16 (Intel
+    AMX / AVX512-BF16) generates ~1.8x faster, but moves scores by up to ~0.08 nats and made the
+    embedded judge worse (9 of 16 easy pairs ordered right, 11 in fp32): opt-in, see RESULTS.md.
+
+    The tokens a batch's prompts share (system message, instructions, few-shot examples: the
+    prompt files put the row's own text last) are prefilled once and kept
+    (:mod:`actors.prefix_cache`, ``llm.prefix_cache`` entries; 0 turns reuse off). On a CPU
+    each row's remaining tokens are then prefilled unpadded, one row at a time, and the rows
+    decode as one batch.
+    """
 
     def __init__(self, cfg: LLMConfig):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from actors.models import embedded_llm_dir, resolve_model
+        from actors.prefix_cache import PrefixCache
 
         path = embedded_llm_dir() if cfg.model == "embedded" else resolve_model(cfg.model, "llm")
         self.name = "SmolLM2-135M-Instruct" if cfg.model == "embedded" else str(cfg.model)
@@ -119,6 +151,10 @@ class TransformersEngine:
             self.tok.pad_token = self.tok.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.max_input_tokens = cfg.max_input_tokens
+        self.prefixes = PrefixCache(self.model, entries=cfg.prefix_cache)
+        # prefill rows one by one, unpadded (CPU), or as one padded batch (GPU, where batching pays)
+        self.per_row = self.device == "cpu"
+        self.last_usage: list[Usage] = []
         self._grammars: dict[str, Any] = {}
         self._compiler = None
         if cfg.guided:
@@ -152,55 +188,95 @@ class TransformersEngine:
     def guided(self) -> bool:
         return self._compiler is not None
 
+    def _usage(self, seqs: list[list[int]], prefix) -> list[Usage]:
+        # a prefix computed for this batch is paid by its first row and reused by the others
+        return [Usage(prompt=len(s), cached=prefix.length if (prefix.reused or i) else 0)
+                for i, s in enumerate(seqs)]
+
     def generate(self, messages, sampling, seeds, schema, prefix):
+        from actors.prefix_cache import Prefix, forward_rows, fresh_cache, merge
+
         torch = self.torch
         processor = self._logits_processor(schema)
         if processor is not None:
             prefix = ""  # the grammar already forces the reply's shape
         batch = [self._prompt_ids(m, prefix) for m in messages]
-        width = max(len(b) for b in batch)
         pad = self.tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch], device=self.device)
-        attention = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=self.device)
+        shared = self.prefixes.find(batch, reserve=[1] * len(batch)) if self.prefixes.supported else Prefix.none()
+        P = shared.length
+        cache = None
+        if self.prefixes.supported and self.per_row:
+            # prefill each row but its last token, unpadded; the rows then decode as one batch
+            rows = forward_rows(self.model, [s[:-1] for s in batch], shared, keep=[0] * len(batch))
+            cache, mask = merge([c for _, c in rows], [len(s) - 1 for s in batch], P)
+            width = mask.shape[1] + 1
+            attention = torch.cat([mask, torch.ones(len(batch), 1, dtype=mask.dtype, device=mask.device)], 1)
+        else:  # shared prefix from the cache (if any), the rest of every row left-padded after it
+            width = max(len(b) for b in batch)
+            attention = torch.tensor([[1] * P + [0] * (width - len(b)) + [1] * (len(b) - P) for b in batch])
+            if P:
+                cache = fresh_cache(shared, len(batch))
+        input_ids = torch.tensor([b[:P] + [pad] * (width - len(b)) + b[P:] for b in batch], device=self.device)
         do_sample = sampling.temperature > 0
         torch.manual_seed(seeds[0])
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=sampling.max_tokens,
+                input_ids=input_ids, attention_mask=attention.to(self.device), cache=cache,
+                max_new_tokens=sampling.max_tokens,
                 do_sample=do_sample, temperature=sampling.temperature if do_sample else None,
                 top_p=sampling.top_p if do_sample else None, top_k=None,
                 logits_processor=[processor] if processor is not None else None,
                 pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
-        texts = self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        new = out[:, width:].tolist()
+        self.last_usage = self._usage(batch, shared)
+        for u, ids in zip(self.last_usage, new):
+            u.generated = next((i + 1 for i, t in enumerate(ids) if t == self.tok.eos_token_id), len(ids))
+        texts = self.tok.batch_decode(new, skip_special_tokens=True)
         return [prefix + t for t in texts]
+
+    def tail_logprobs(self, seqs: list[list[int]], keep: list[int], batch_size: int = 8):
+        """Log-softmax over the vocabulary at each row's last ``keep[i]`` positions ((keep[i], V)
+        tensors), the shared prefix reused. Sets ``last_usage``."""
+        from actors.prefix_cache import Prefix, forward_batch, forward_rows
+
+        torch = self.torch
+        out, usage = [], []
+        step = len(seqs) if self.per_row else batch_size
+        for b in range(0, len(seqs), step):
+            chunk, ks = seqs[b:b + step], keep[b:b + step]
+            shared = self.prefixes.find(chunk, reserve=ks) if self.prefixes.supported else Prefix.none()
+            if self.per_row and self.prefixes.supported:
+                logits = [lg for lg, _ in forward_rows(self.model, chunk, shared, ks)]
+            else:
+                pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+                full = forward_batch(self.model, chunk, shared, max(ks), pad)
+                logits = [full[i, full.shape[1] - k:] for i, k in enumerate(ks)]
+            out += [torch.log_softmax(lg.float(), -1) for lg in logits]
+            usage += self._usage(chunk, shared)
+        self.last_usage = usage
+        return out
 
     def choice_logprobs(self, messages, choices):
         return [[lp for lp, _ in row] for row in self.score(messages, [choices] * len(messages))]
 
     def score(self, messages, continuations, batch_size: int = 8):
-        """Teacher-forced: one forward pass per (context, continuation) pair, right-padded in
-        batches of ``batch_size`` pairs."""
-        torch = self.torch
-        pairs = []  # (message index, context ids, continuation ids)
+        """Teacher-forced: the log-probability of each continuation after its context, summed
+        over its tokens; every (context, continuation) pair is one row of :meth:`tail_logprobs`."""
+        pairs = []  # (message index, continuation ids, context + continuation ids)
         for i, (m, conts) in enumerate(zip(messages, continuations, strict=True)):
             ctx = self._prompt_ids(m, "")
-            pairs += [(i, ctx, self.tok(c, add_special_tokens=False)["input_ids"]) for c in conts]
-        flat: list[tuple[float, int]] = []
-        pad = self.tok.pad_token_id
-        with torch.inference_mode():
-            for b in range(0, len(pairs), batch_size):
-                chunk = pairs[b:b + batch_size]
-                seqs = [ctx + c for _, ctx, c in chunk]
-                width = max(len(q) for q in seqs)
-                ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=self.device)
-                mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=self.device)
-                logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-                for j, (_, ctx, c) in enumerate(chunk):
-                    pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=self.device)
-                    flat.append((float(logp[j, pos, torch.tensor(c, device=self.device)].sum()), len(c)))
+            for c in conts:
+                ids = self.tok(c, add_special_tokens=False)["input_ids"]
+                pairs.append((i, ids, ctx + ids))
+        # token j of a continuation of n tokens is predicted at position j of the last n + 1
+        logp = self.tail_logprobs([seq for _, _, seq in pairs], [len(c) + 1 for _, c, _ in pairs], batch_size)
         out: list[list[tuple[float, int]]] = [[] for _ in messages]
-        for (i, _, _), r in zip(pairs, flat):
-            out[i].append(r)
+        usage = [Usage() for _ in messages]
+        for (i, c, _), lp, u in zip(pairs, logp, self.last_usage):
+            total = float(lp[self.torch.arange(len(c)), c].sum()) if c else 0.0
+            out[i].append((total, len(c)))
+            usage[i] = usage[i] + u
+        self.last_usage = usage
         return out
 
 
@@ -225,8 +301,11 @@ class VLLMEngine:
             kwargs["max_model_len"] = cfg.max_model_len
         if cfg.tensor_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"  # workers join the surrounding Ray
+        # automatic prefix caching: the prompt files put the shared part first, so it hits
+        kwargs["enable_prefix_caching"] = cfg.prefix_cache > 0
         self.llm = LLM(**kwargs)
         self.guided = cfg.guided
+        self.last_usage: list[Usage] = []
 
     @staticmethod
     def sampling_params(sampling: Sampling, seed: int, schema: dict | None, **extra):
@@ -249,6 +328,7 @@ class VLLMEngine:
         # Guided decoding constrains the whole reply, so a forced prefix is not needed with it.
         params = [self.sampling_params(sampling, s, schema if self.guided else None) for s in seeds]
         outs = self.llm.chat(messages, params, use_tqdm=False)
+        self.last_usage = [_vllm_usage(o) for o in outs]
         return [o.outputs[0].text for o in outs]
 
     def choice_logprobs(self, messages, choices):
@@ -270,10 +350,20 @@ class VLLMEngine:
                 spans.append((i, len(ctx), cont))
         outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
         out: list[list[tuple[float, int]]] = [[] for _ in messages]
+        usage = [Usage() for _ in messages]
         for o, (i, start, cont) in zip(outs, spans):
             lp = sum(o.prompt_logprobs[start + j][t].logprob for j, t in enumerate(cont))
             out[i].append((lp, len(cont)))
+            u = _vllm_usage(o)
+            usage[i] = usage[i] + Usage(u.prompt, u.cached)
+        self.last_usage = usage
         return out
+
+
+def _vllm_usage(o) -> Usage:
+    """Token counts of a vLLM ``RequestOutput`` (``num_cached_tokens``: prefix-cache hits)."""
+    return Usage(prompt=len(o.prompt_token_ids or []), cached=int(getattr(o, "num_cached_tokens", 0) or 0),
+                 generated=len(o.outputs[0].token_ids) if o.outputs else 0)
 
 
 class OpenAIEngine:
@@ -289,6 +379,7 @@ class OpenAIEngine:
         key = os.environ.get(cfg.api_key_env)
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
+        self.last_usage: list[Usage] = []
 
     def _post(self, body: dict) -> dict:
         for attempt in range(3):
@@ -301,14 +392,19 @@ class OpenAIEngine:
         raise RuntimeError("unreachable")
 
     def generate(self, messages, sampling, seeds, schema, prefix):
-        out = []
+        out, usage = [], []
         for m, seed in zip(messages, seeds):
             body = {"model": self.name, "messages": m, "temperature": sampling.temperature,
                     "top_p": sampling.top_p, "max_tokens": sampling.max_tokens, "seed": seed}
             if schema is not None:
                 body["response_format"] = {"type": "json_schema",
                                            "json_schema": {"name": "reply", "schema": schema}}
-            out.append(self._post(body)["choices"][0]["message"]["content"] or "")
+            reply = self._post(body)
+            u = reply.get("usage") or {}
+            usage.append(Usage(prompt=u.get("prompt_tokens", 0), generated=u.get("completion_tokens", 0),
+                               cached=(u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)))
+            out.append(reply["choices"][0]["message"]["content"] or "")
+        self.last_usage = usage
         return out
 
     def choice_logprobs(self, messages, choices):
@@ -384,6 +480,8 @@ def parse_reply(prompt: Prompt, text: str) -> Any:
 # ----------------------------------------------------------------------------- the actor
 OUTPUT = "llm_output"  # JSON text of the parsed, validated reply
 RAW = "llm_raw"
+# what a row cost, summed over its attempts (the stage's manifest entry adds them up)
+COST_COLUMNS = ("llm_prompt_tokens", "llm_cached_tokens", "llm_generated_tokens", "llm_seconds")
 
 
 class LLMActor:
@@ -391,7 +489,7 @@ class LLMActor:
 
     Output columns added to every row: ``llm_output`` (JSON of the validated reply, null when
     rejected), ``llm_raw`` (last raw reply), ``stage``, ``prompt_id``, ``model``, ``seed``,
-    ``attempts``, ``reject_reason``, ``reject_detail``.
+    ``attempts``, ``reject_reason``, ``reject_detail``, and its cost (:data:`COST_COLUMNS`).
     """
 
     def __init__(self, llm: dict, prompt: str | dict[str, str], stage: str, check: Check | None = None,
@@ -413,8 +511,17 @@ class LLMActor:
         self.journal = CrashJournal(journal_dir, self.cfg.max_crashes) if journal_dir else None
         self.engine = make_engine(self.cfg)
 
-    def _attempt(self, rows: list[dict], attempt: int, prompt: Prompt) -> list[tuple[Any, str, str | None]]:
-        """One generation over ``rows``: (parsed or None, raw, error or None) per row."""
+    def _cost(self, n: int, started: float) -> list[Usage]:
+        """Per row of the engine call that began at ``started``: its tokens (when the engine
+        reports them) and an equal share of the call's seconds."""
+        share = (time.perf_counter() - started) / max(n, 1)
+        usage = getattr(self.engine, "last_usage", None) or []
+        if len(usage) != n:
+            usage = [Usage() for _ in range(n)]
+        return [Usage(u.prompt, u.cached, u.generated, share) for u in usage]
+
+    def _attempt(self, rows: list[dict], attempt: int, prompt: Prompt) -> list[tuple[Any, str, str | None, Usage]]:
+        """One generation over ``rows``: (parsed or None, raw, error or None, cost) per row."""
         if prompt.continuations is not None:
             return self._score(rows, prompt)
         sampling = prompt.sampling
@@ -424,27 +531,33 @@ class LLMActor:
             sampling = sampling.model_copy(update={"temperature": self.cfg.retry_temperature})
         seeds = [self.cfg.seed + attempt for _ in rows]
         msgs = [prompt.messages(r) for r in rows]
+        started = time.perf_counter()
         try:
             raws = self.engine.generate(msgs, sampling, seeds, prompt.schema, prompt.response_prefix)
         except Exception as e:  # an engine failure on the batch: retry rows one by one
             if len(rows) == 1:
-                return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300])]
+                return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300],
+                         Usage(seconds=time.perf_counter() - started))]
             return [r for row in rows for r in self._attempt([row], attempt, prompt)]
+        cost = self._cost(len(rows), started)
         results = []
-        for row, raw in zip(rows, raws):
+        for row, raw, c in zip(rows, raws, cost):
             try:
                 obj = parse_reply(prompt, raw)
                 err = self.check(row, obj) if self.check else None
             except ParseError as e:
                 obj, err = None, str(e)
+                if c.generated >= sampling.max_tokens:  # not a bad reply: one the budget cut off
+                    err = f"truncated: the reply used all {sampling.max_tokens} tokens of its budget ({err})"
             except Exception as e:  # a check that crashes on odd output is a bad reply, not a bug to hide
                 obj, err = None, f"check_failed: {type(e).__name__}: {e}"
-            results.append((obj if err is None else None, raw, err))
+            results.append((obj if err is None else None, raw, err, c))
         return results
 
-    def _score(self, rows: list[dict], prompt: Prompt) -> list[tuple[Any, str, str | None]]:
+    def _score(self, rows: list[dict], prompt: Prompt) -> list[tuple[Any, str, str | None, Usage]]:
         """A scoring prompt: the reply is ``{"logprobs": [...], "tokens": [...]}``, one entry per
         continuation (teacher-forced, summed over its tokens). Deterministic, so never retried."""
+        started = time.perf_counter()
         try:
             msgs = [prompt.messages(r) for r in rows]
             scored = self.engine.score(msgs, [prompt.render_continuations(r) for r in rows])
@@ -452,16 +565,17 @@ class LLMActor:
             raise
         except Exception as e:
             if len(rows) == 1:
-                return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300])]
+                return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300],
+                         Usage(seconds=time.perf_counter() - started))]
             return [r for row in rows for r in self._score([row], prompt)]
         results = []
-        for row, pairs in zip(rows, scored):
+        for row, pairs, c in zip(rows, scored, self._cost(len(rows), started)):
             obj = {"logprobs": [lp for lp, _ in pairs], "tokens": [n for _, n in pairs]}
             try:
                 err = self.check(row, obj) if self.check else None
             except Exception as e:
                 err = f"check_failed: {type(e).__name__}: {e}"
-            results.append((obj if err is None else None, json.dumps(obj), err))
+            results.append((obj if err is None else None, json.dumps(obj), err, c))
         return results
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -480,7 +594,7 @@ class LLMActor:
             one = batch.slice(i, 1)
             if crashes[key] >= self.journal.max_crashes:
                 err = f"actor_crashed: the worker died {crashes[key]} times while holding this row"
-                parts.append(self._table(one, [row], [(None, "", err, crashes[key])]))
+                parts.append(self._table(one, [row], [(None, "", err, crashes[key], Usage())]))
                 poison += 1
                 continue
             with self.journal.in_flight([key]):
@@ -491,7 +605,8 @@ class LLMActor:
 
     def _run(self, batch: pa.Table, rows: list[dict]) -> pa.Table:
         n = len(rows)
-        done: list[tuple[Any, str, str | None, int] | None] = [None] * n
+        done: list[tuple[Any, str, str | None, int, Usage] | None] = [None] * n
+        spent = [Usage() for _ in range(n)]  # summed over a row's attempts
         pending = list(range(n))
         key = (lambda r: r[self.prompt_key]) if self.prompt_key else (lambda r: None)
         for attempt in range(self.cfg.max_retries + 1):
@@ -502,25 +617,30 @@ class LLMActor:
                 group = [i for i in pending if key(rows[i]) == k]
                 if k not in self.prompts:
                     for i in group:
-                        done[i] = (None, "", f"unknown_prompt: no prompt for {self.prompt_key}={k!r}", attempt + 1)
+                        done[i] = (None, "", f"unknown_prompt: no prompt for {self.prompt_key}={k!r}",
+                                   attempt + 1, spent[i])
                     continue
                 res = self._attempt([rows[i] for i in group], attempt, self.prompts[k])
-                for i, (obj, raw, err) in zip(group, res):
-                    done[i] = (obj, raw, err, attempt + 1)
+                for i, (obj, raw, err, cost) in zip(group, res):
+                    spent[i] = spent[i] + cost
+                    done[i] = (obj, raw, err, attempt + 1, spent[i])
                     if err is not None and self.prompts[k].continuations is None:
                         still.append(i)  # a scoring prompt is deterministic: no retry
             pending = still
         return self._table(batch, rows, done)
 
-    def _table(self, batch: pa.Table, rows: list[dict], done: list[tuple[Any, str, str | None, int]]) -> pa.Table:
-        """``batch`` with the output columns of each row's (reply, raw, error, attempts)."""
+    def _table(self, batch: pa.Table, rows: list[dict],
+               done: list[tuple[Any, str, str | None, int, Usage]]) -> pa.Table:
+        """``batch`` with the output columns of each row's (reply, raw, error, attempts, cost)."""
         key = (lambda r: r[self.prompt_key]) if self.prompt_key else (lambda r: None)
         n = len(rows)
         out_cols: dict[str, list] = {k: [] for k in
                                      (OUTPUT, RAW, "stage", "prompt_id", "model", "seed", "attempts",
-                                      "reject_reason", "reject_detail")}
+                                      "reject_reason", "reject_detail", *COST_COLUMNS)}
         for i in range(n):
-            obj, raw, err, attempts = done[i]
+            obj, raw, err, attempts, cost = done[i]
+            for col, value in zip(COST_COLUMNS, (cost.prompt, cost.cached, cost.generated, round(cost.seconds, 4))):
+                out_cols[col].append(value)
             out_cols[OUTPUT].append(None if err else json.dumps(obj, ensure_ascii=False))
             out_cols[RAW].append(raw)
             out_cols["stage"].append(self.stage)
@@ -531,7 +651,7 @@ class LLMActor:
             reason = None
             if err:
                 reason = err.split(":", 1)[0] if err.startswith(("engine_error", "check_failed", "unknown_prompt",
-                                                                  "actor_crashed")) else \
+                                                                  "actor_crashed", "truncated")) else \
                     ("unparsable_reply" if err.startswith(("no JSON", "invalid JSON")) else
                      "empty_reply" if err.startswith("empty_reply") else
                      "schema_violation" if err.startswith("schema") else err.split(":", 1)[0])
@@ -540,7 +660,9 @@ class LLMActor:
         for k, v in out_cols.items():
             if k in batch.column_names:
                 batch = batch.drop_columns([k])
-            batch = batch.append_column(k, pa.array(v, type=pa.int64() if k in ("seed", "attempts") else pa.string()))
+            kind = pa.float64() if k == "llm_seconds" else \
+                pa.int64() if k in ("seed", "attempts", *COST_COLUMNS) else pa.string()
+            batch = batch.append_column(k, pa.array(v, type=kind))
         return batch
 
 

@@ -213,55 +213,27 @@ def single_token_choices(engine, choices: list[str]) -> list[int] | None:
 
 
 def next_token_logprobs(engine, messages: list[list[dict]], token_ids: list[int]) -> list[list[float]]:
-    """Log-probs of one-token replies, one forward pass for the whole batch.
+    """Log-probs of one-token replies from one pass over the prompts.
 
     Equal to ``engine.choice_logprobs(messages, choices)`` for one-token choices (a test checks
-    it), which runs one forward per message and choice: when every reply is a single token they
-    all share the context, so the next-token distribution at the end of the prompt gives them all.
-    Left padding with explicit position ids; only the last position's logits are computed.
+    it), which runs one pass per message and choice: when every reply is a single token they all
+    share the context, so the next-token distribution at the end of the prompt gives them all.
+    The prompts' shared prefix (instructions, the query) is prefilled once
+    (:meth:`actors.llm.TransformersEngine.tail_logprobs`).
     """
-    torch = engine.torch
     seqs = [engine._prompt_ids(m, "") for m in messages]
-    width = max(len(s) for s in seqs)
-    pad = engine.tok.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=engine.device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=engine.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    with torch.inference_mode():
-        logits = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              logits_to_keep=1).logits[:, -1].float()  # (B, V)
-    logp = torch.log_softmax(logits, -1)[:, token_ids]  # (B, n_choices)
-    return logp.tolist()
+    return [lp[-1, token_ids].tolist() for lp in engine.tail_logprobs(seqs, [1] * len(seqs))]
 
 
 def continuation_logprobs(engine, messages: list[list[dict]], continuations: list[str]) -> list[list[float]]:
-    """Per-token log-probs of ``continuations[i]`` as the start of the reply to ``messages[i]``,
-    one forward pass for the batch (their sums equal ``engine.choice_logprobs([m], [c])``).
-
-    Left padding puts every continuation at the end of its row, so only the last
-    ``max(len(continuation)) + 1`` positions' logits are needed.
-    """
+    """Per-token log-probs of ``continuations[i]`` as the start of the reply to ``messages[i]``
+    (their sums equal ``engine.choice_logprobs([m], [c])``)."""
     torch = engine.torch
     ctxs = [engine._prompt_ids(m, "") for m in messages]
     conts = [engine.tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
-    seqs = [a + b for a, b in zip(ctxs, conts)]
-    width = max(len(s) for s in seqs)
-    keep = max(len(c) for c in conts) + 1
-    pad = engine.tok.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=engine.device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=engine.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.inference_mode():
-        logits = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              logits_to_keep=keep).logits.float()  # (B, keep, V): last `keep` positions
-    logp = torch.log_softmax(logits, -1)
-    out = []
-    for i, c in enumerate(conts):
-        # token j of the continuation sits at width-len(c)+j and is predicted one position earlier,
-        # which is kept index keep-len(c)-1+j.
-        idx = torch.arange(keep - len(c) - 1, keep - 1, device=engine.device)
-        out.append(logp[i, idx, torch.tensor(c, device=engine.device)].tolist())
-    return out
+    # token j of a continuation of n tokens is predicted at position j of the last n + 1
+    logp = engine.tail_logprobs([a + c for a, c in zip(ctxs, conts)], [len(c) + 1 for c in conts])
+    return [lp[torch.arange(len(c)), c].tolist() if c else [] for lp, c in zip(logp, conts)]
 
 
 def p_first(logprobs: list[float]) -> float:

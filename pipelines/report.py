@@ -567,7 +567,7 @@ TEMPLATE = """<!DOCTYPE html>
 {% if stages %}
   <table>
     <tr><th>stage</th><th>status</th><th class="num">in</th><th class="num">kept</th>
-        <th class="num">rejected</th><th>reject reasons</th><th class="num">time</th></tr>
+        <th class="num">rejected</th><th>reject reasons</th><th class="num">time</th><th>LLM</th></tr>
     {% for s in stages %}
     {% set rej = s.get("rejected") or {} %}
     <tr><td><b>{{ s.name }}</b></td>
@@ -576,7 +576,11 @@ TEMPLATE = """<!DOCTYPE html>
       <td class="num">{{ "{:,}".format(s.get("out", 0)) }}</td>
       <td class="num">{{ "{:,}".format(rej.values()|sum) }}</td>
       <td>{% for r, n in rej.items() %}<span class="badge reason">{{ r }}: {{ "{:,}".format(n) }}</span>{% else %}<span class="muted">none</span>{% endfor %}</td>
-      <td class="num">{{ fmt_seconds(s.get("seconds") or 0) }}</td></tr>
+      <td class="num">{{ fmt_seconds(s.get("seconds") or 0) }}</td>
+      <td class="muted">{% if s.get("llm") %}{% set c = s["llm"] %}{{ "{:,}".format(c.calls) }} calls
+        ({{ c.retries }} retries) · {{ "{:,}".format(c.prompt_tokens) }} prompt tok,
+        {{ "{:.0%}".format(c.cached_prompt_tokens / c.prompt_tokens if c.prompt_tokens else 0) }} reused ·
+        {{ "{:,}".format(c.generated_tokens) }} generated · {{ "%.2f"|format(c.seconds_per_row) }} s/row{% endif %}</td></tr>
     {% endfor %}
   </table>
   {{ funnel_plot }}

@@ -180,6 +180,7 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
 
         schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema")
         sampling = Sampling(temperature=body.get("temperature", 0.0), max_tokens=body.get("max_tokens", 64))
+        usage = None
         if body.get("logprobs"):
             lp = self.engine.choice_logprobs([body["messages"]], ["yes", "no"])[0]
             choice = {"index": 0, "message": {"role": "assistant", "content": "yes"},
@@ -188,7 +189,11 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
         else:
             text = self.engine.generate([body["messages"]], sampling, [body.get("seed", 0)], schema, "")[0]
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice]}).encode()
+            u = self.engine.last_usage[0]
+            usage = {"prompt_tokens": u.prompt, "completion_tokens": u.generated,
+                     "total_tokens": u.prompt + u.generated, "prompt_tokens_details": {"cached_tokens": u.cached}}
+        out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice],
+                          **({"usage": usage} if usage else {})}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
@@ -210,6 +215,9 @@ def test_openai_engine_over_http(embedded_engine, monkeypatch):
         assert out[0]["reject_reason"] is None, out[0]["reject_detail"]
         assert len(json.loads(out[0]["llm_output"])["question"]) >= 5
         assert out[0]["model"] == "smol"
+        # the server's usage block reaches the row's cost columns
+        assert out[0]["llm_prompt_tokens"] > 20 and out[0]["llm_generated_tokens"] > 3
+        assert out[0]["llm_seconds"] > 0
         assert _OpenAIHandler.seen_auth[-1] == "Bearer sk-test"
         (yes, no), = actor.engine.choice_logprobs([[{"role": "user", "content": "Say yes."}]], ["yes", "no"])
         assert yes <= 0 and no <= 0
@@ -256,3 +264,17 @@ def test_llm_map_on_an_actor_pool(ray_local, tiny_llm):
         assert by[t]["reject_reason"] is None, by[t]["reject_detail"]
         assert json.loads(by[t]["llm_output"])["question"]
         assert by[t]["model"] == str(tiny_llm) and by[t]["prompt_id"] == "test/echo_question@2"
+
+
+def test_a_reply_cut_by_the_token_budget_is_truncated_not_unparsable(tiny_llm):
+    """Under guided decoding a reply that does not parse was cut off: it is named ``truncated``
+    (with the budget), and the row's cost columns count what was spent on every attempt."""
+    llm = LLMConfig(engine="transformers", model=str(tiny_llm), max_retries=1, max_tokens=4, num_cpus=1)
+    actor = LLMActor(llm.model_dump(), "test/echo_question", "unit")
+    assert actor.engine.guided
+    (row,) = actor(pa.table({"text": ["Bees make honey from nectar."]})).to_pylist()
+    assert row["reject_reason"] == "truncated" and row["attempts"] == 2
+    assert "all 4 tokens" in json.loads(row["reject_detail"])["error"]
+    assert row["llm_generated_tokens"] == 2 * 4
+    prompt_tokens = len(actor.engine._prompt_ids(actor.prompt.messages({"text": "Bees make honey from nectar."}), ""))
+    assert row["llm_prompt_tokens"] == 2 * prompt_tokens and row["llm_seconds"] > 0

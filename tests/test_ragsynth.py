@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import pyarrow.dataset as pads
-import pytest
 
 from pipelines.ragsynth.singlehop import (
     check_clues,

@@ -51,6 +51,16 @@ def test_every_stage_reports_a_funnel_that_adds_up(run_dir):
     assert stages["ragsynth_multihop"]["in"] == stages["ragsynth_bridges"]["out"]
     assert stages["ragsynth_examples"]["citations_checked"]["missing"] == 0
     assert (run_dir / "report.html").is_file()
+    # every LLM stage says where its time went: one call per row plus retries, prompt tokens,
+    # and the share a reused prompt prefix spared (the prompts share their instructions)
+    llm = {name: s["llm"] for name, s in stages.items() if "llm" in s}
+    assert {"ragsynth_clues", "ragsynth_qa", "ragsynth_entities_llm", "ragsynth_rewrite"} <= set(llm)
+    for name, c in llm.items():
+        rows = stages[name]["in"]
+        assert c["calls"] == rows + c["retries"] and c["calls"] >= rows, name
+        assert 0 <= c["cached_prompt_tokens"] <= c["prompt_tokens"], name
+        assert (c["prompt_tokens"] > 0 and c["seconds"] > 0) or rows == 0, name
+    assert sum(c["cached_prompt_tokens"] for c in llm.values()) > 0
 
 
 @pytest.mark.slow

@@ -95,7 +95,9 @@ def run_dir(tmp_path: Path) -> Path:
              "seconds": 1.25},
             {"name": "generate_questions", "in": 34, "out": 32,
              "rejected": {"copied_passage": 1, "invalid_json": 1}, "status": "done",
-             "seconds": 75.5},
+             "seconds": 75.5,
+             "llm": {"calls": 40, "retries": 6, "prompt_tokens": 17000, "cached_prompt_tokens": 4250,
+                     "generated_tokens": 900, "seconds": 70.1, "seconds_per_row": 2.062}},
         ],
     }
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -115,6 +117,9 @@ def test_report_page_has_funnel_scores_examples_and_rejects(run_dir: Path):
     row = re.search(r"<b>generate_questions</b>.*?</tr>", html, re.S).group(0)
     assert re.findall(r'class="num">([\d,]+)<', row) == ["34", "32", "2"]
     assert "1.2 s" in html and "1.3 min" in html  # timings (1.25 s, 75.5 s)
+    # where the LLM stage's time went: calls, retries, reused share of the prompt tokens
+    cost = " ".join(row.split())
+    assert "40 calls (6 retries)" in cost and "17,000 prompt tok, 25% reused" in cost and "2.06 s/row" in cost
     # score distributions from list columns, meta JSON and plain meta numbers
     for name in ("retrieval_lists.teacher_scores", "examples.meta.judge.faithfulness",
                  "examples.meta.utility"):

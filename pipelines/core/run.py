@@ -185,15 +185,18 @@ class Run:
         self._put_record(rec)
         r = ", ".join(f"{k}={v}" for k, v in sorted(rec.rejected.items())) or "none"
         print(f"[synthrag] {name}: in={rec.in_} out={rec.out} rejected: {r} ({rec.seconds:.1f}s)", flush=True)
+        if "llm" in rec.extra:
+            print(f"[synthrag]   {llm_line(rec.extra['llm'])}", flush=True)
 
     def commit(self, rec: StageRecord, ds, *, table: str | None, schema: pa.Schema | None = None,
-               in_count: int | None = None) -> None:
+               in_count: int | None = None, totals: tuple[str, ...] = ()) -> dict[str, float]:
         """Write a stage's output: kept rows to ``table`` (if any), dropped rows to rejects.
 
         ``ds`` is a Ray dataset (or an Arrow table) whose rows have ``reject_reason``.
         ``in_count`` defaults to the number of rows in ``ds``; the funnel always adds up because
         ``in`` is then ``out + rejected``, and a stage that drops rows elsewhere must pass them
-        through ``ds`` as rejects instead.
+        through ``ds`` as rejects instead. Returns the sums of the numeric ``totals`` columns
+        over every row, kept or rejected (a column the rows lack sums to 0).
         """
         staging = self.staging_dir(rec.name)
         if isinstance(ds, pa.Table) or rec.resumed_rows is None:
@@ -208,13 +211,17 @@ class Run:
             ds.write_parquet(str(staging))
         staged = StagedFiles(staging) or None
         reasons: dict[str, int] = {}
+        sums = dict.fromkeys(totals, 0)
         total = 0
         if staged is not None:
-            for batch in staged.batches(columns=[REJECT_REASON]):
+            present = [c for c in totals if c in staged.schema.names]
+            for batch in staged.batches(columns=[REJECT_REASON, *present]):
                 total += batch.num_rows
                 col = batch.column(0)
                 for item in pc.value_counts(col.filter(pc.is_valid(col))).to_pylist():
                     reasons[item["values"]] = reasons.get(item["values"], 0) + item["counts"]
+                for c in present:
+                    sums[c] += pc.sum(batch.column(c)).as_py() or 0
         rejected_n = sum(reasons.values())
         if table is not None:
             self._write_split(staged, self.path(table), schema, keep=True)
@@ -229,6 +236,7 @@ class Run:
         if rec.in_ != rec.out + rejected_n:
             raise AssertionError(f"{rec.name}: funnel does not add up ({rec.in_} in, "
                                  f"{rec.out} out, {rejected_n} rejected)")
+        return sums
 
     def staging_dir(self, stage: str) -> Path:
         """Where ``stage`` writes rows as they finish; kept when an interrupted run of the same
@@ -292,6 +300,13 @@ class Run:
                         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, out)
         return out
+
+
+def llm_line(cost: dict) -> str:
+    """One line of where an LLM stage's time went (see pipelines.stages.stage.llm_cost)."""
+    share = cost["cached_prompt_tokens"] / cost["prompt_tokens"] if cost["prompt_tokens"] else 0.0
+    return (f"LLM: {cost['calls']:,} calls ({cost['retries']:,} retries), {cost['prompt_tokens']:,} prompt "
+            f"tokens ({share:.0%} reused), {cost['generated_tokens']:,} generated, {cost['seconds']:.1f} engine-s")
 
 
 def reject(reason: str, detail: Any = None) -> dict:

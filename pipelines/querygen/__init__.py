@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import yaml
 
-from actors.llm import llm_map
+from actors.llm import COST_COLUMNS
 from actors.teacher import TeacherConfig
 from pipelines.core.run import Run
 from pipelines.core.schema import (
@@ -39,7 +39,7 @@ from pipelines.core.schema import (
 )
 from pipelines.querygen.config import DEFAULT_EXAMPLES, QUERY_TYPES, QuerygenConfig
 from pipelines.stages.index import index_run_chunks
-from pipelines.stages.stage import journal_dir, report_recoveries
+from pipelines.stages.stage import llm_stage
 
 
 # ----------------------------------------------------------------------------- sample + generate
@@ -89,7 +89,8 @@ def _queries(batch: pa.Table) -> pa.Table:
                     "query_id": stable_id("querygen", r["chunk_id"], r["query_type"], q or r["llm_raw"]),
                     "query": q, "query_type": r["query_type"], "positive": r["chunk_id"],
                     "prompt_id": r["prompt_id"], "model": r["model"], "seed": r["seed"],
-                    REJECT_REASON: r["reject_reason"], REJECT_DETAIL: r["reject_detail"]})
+                    REJECT_REASON: r["reject_reason"], REJECT_DETAIL: r["reject_detail"],
+                    "attempts": r["attempts"], **{c: r[c] for c in COST_COLUMNS}})
     return pa.Table.from_pylist(out)
 
 
@@ -175,30 +176,24 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
     import ray
     from ray import serve
 
-    qg, llm = cfg.querygen, cfg.llm
+    qg = cfg.querygen
     unknown = set(qg.query_types) - set(QUERY_TYPES)
     if unknown:
         raise ValueError(f"querygen.query_types: unknown {sorted(unknown)}; known: {QUERY_TYPES}")
-    chunk_fp = run.stage_record("dedupe")["fingerprint"]
-    llm_fp = llm.fingerprint()
     examples = load_examples(qg)
 
-    with run.stage("querygen_generate", chunk_fp, limit, qg.sample_seed, qg.query_types, examples,
-                   qg.max_query_words, llm_fp, cfg.prompts_dir) as rec:
-        if rec is not None:
-            ids = run.sample_keys("chunks", "chunk_id", limit, qg.sample_seed)
-            wanted = set(ids)
-            passages = run.read("chunks", columns=["chunk_id", "text"]).filter(lambda r: r["chunk_id"] in wanted)
-            ds = passages.map_batches(_generation_rows, fn_kwargs={"types": qg.query_types, "examples": examples},
-                                      batch_format="pyarrow")
-            ds = run.resume(rec, ds, "gen_key").map_batches(_parse_examples, batch_format="pyarrow")
-            ds = llm_map(ds, llm=llm, prompt={t: f"querygen/{t}" for t in qg.query_types}, prompt_key="query_type",
-                         stage="querygen_generate", check=check_query(qg.max_query_words),
-                         prompt_search=cfg.prompt_search(), rows=len(ids) * len(qg.query_types),
-                         journal_dir=journal_dir(run, "querygen_generate"))
-            run.commit(rec, ds.map_batches(_queries, batch_format="pyarrow"), table="querygen_queries")
-            report_recoveries(run, rec)
-            rec.extra["passages"] = len(ids)
+    ids = run.sample_keys("chunks", "chunk_id", limit, qg.sample_seed)
+
+    def rows():
+        wanted = set(ids)
+        passages = run.read("chunks", columns=["chunk_id", "text"]).filter(lambda r: r["chunk_id"] in wanted)
+        return passages.map_batches(_generation_rows, fn_kwargs={"types": qg.query_types, "examples": examples},
+                                    batch_format="pyarrow")
+
+    llm_stage(run, cfg, "querygen_generate", ["dedupe"], rows, "gen_key",
+              {t: f"querygen/{t}" for t in qg.query_types}, "querygen_queries", prompt_key="query_type",
+              check=check_query(qg.max_query_words), prepare=_parse_examples, then=_queries,
+              extra_fp=(limit, qg.sample_seed, qg.query_types, examples, qg.max_query_words))
 
     index_run_chunks(run, qg.embedder, qg.index, actors=qg.embed_actors)
 

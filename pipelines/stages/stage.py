@@ -12,7 +12,7 @@ from typing import Callable
 import pyarrow as pa
 
 from actors.crash_journal import CrashJournal
-from actors.llm import llm_map
+from actors.llm import COST_COLUMNS, llm_map
 from pipelines.core.run import KEEP, Run
 from pipelines.core.schema import EXAMPLES
 
@@ -23,13 +23,20 @@ def fingerprints(run: Run, *names: str) -> list[str]:
 
 
 def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key: str,
-              prompt, table: str, *, check=None, prompt_key: str | None = None, extra_fp: tuple = ()) -> None:
+              prompt, table: str, *, check=None, prompt_key: str | None = None, extra_fp: tuple = (),
+              then: Callable[[pa.Table], pa.Table] | None = None, prepare: Callable | None = None) -> None:
     """An LLM stage: ``rows()`` gives the prepared input dataset; rows already written by an
-    interrupted run of the same stage are skipped (``key``); replies (or rejects) go to ``table``."""
+    interrupted run of the same stage are skipped (``key``); replies (or rejects) go to ``table``.
+
+    ``prepare`` maps the rows left to do (after the resume) before the LLM; ``then`` maps the
+    LLM's output batches (pyarrow) before they are written, and keeps ``key``, the reject columns
+    and :data:`~actors.llm.COST_COLUMNS` / ``attempts`` (summed into the manifest's ``llm``)."""
     with run.stage(name, *fingerprints(run, *upstream), *extra_fp, cfg.llm.fingerprint(), cfg.prompts_dir) as rec:
         if rec is None:
             return
         ds = run.resume(rec, rows(), key)
+        if prepare is not None:
+            ds = ds.map_batches(prepare, batch_format="pyarrow")
         n = ds.count()
         if not n:  # nothing (left) to do: an empty table, and the rows an interrupted run wrote
             empty = pa.table({key: pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
@@ -38,8 +45,21 @@ def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key
         ds = llm_map(ds, llm=cfg.llm, prompt=prompt, stage=name, check=check,
                      prompt_search=cfg.prompt_search(), prompt_key=prompt_key, rows=n,
                      journal_dir=journal_dir(run, name))
-        run.commit(rec, ds, table=table)
+        if then is not None:
+            ds = ds.map_batches(then, batch_format="pyarrow")
+        rec.extra["llm"] = llm_cost(run.commit(rec, ds, table=table, totals=(*COST_COLUMNS, "attempts")), rec.in_)
         report_recoveries(run, rec)
+
+
+def llm_cost(sums: dict, rows: int) -> dict:
+    """Where an LLM stage's time went, for its manifest entry: engine calls per row (a retry is
+    one more), prompt tokens and how many of them a reused prefix spared, generated tokens, and
+    engine seconds summed over the pool's actors (rows an interrupted run wrote included)."""
+    calls = int(sums["attempts"])
+    return {"calls": calls, "retries": max(0, calls - rows), "prompt_tokens": int(sums["llm_prompt_tokens"]),
+            "cached_prompt_tokens": int(sums["llm_cached_tokens"]),
+            "generated_tokens": int(sums["llm_generated_tokens"]), "seconds": round(sums["llm_seconds"], 2),
+            "seconds_per_row": round(sums["llm_seconds"] / rows, 3) if rows else 0.0}
 
 
 def journal_dir(run: Run, stage: str) -> Path:
