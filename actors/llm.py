@@ -125,9 +125,10 @@ class TransformersEngine:
 
     The tokens a batch's prompts share (system message, instructions, few-shot examples: the
     prompt files put the row's own text last) are prefilled once and kept
-    (:mod:`actors.prefix_cache`, ``llm.prefix_cache`` entries; 0 turns reuse off). On a CPU
-    each row's remaining tokens are then prefilled unpadded, one row at a time, and the rows
-    decode as one batch.
+    (:mod:`actors.prefix_cache`, ``llm.prefix_cache`` entries). On a CPU each row's remaining
+    tokens are then prefilled unpadded, one row at a time, and the rows decode as one batch
+    into a cache that grows in place. ``llm.prefix_cache: 0`` is stock transformers
+    (``generate`` on the left-padded batch), the reference the tests compare against.
     """
 
     def __init__(self, cfg: LLMConfig):
@@ -208,14 +209,14 @@ class TransformersEngine:
         if self.prefixes.supported and self.per_row:
             # prefill each row but its last token, unpadded; the rows then decode as one batch
             rows = forward_rows(self.model, [s[:-1] for s in batch], shared, keep=[0] * len(batch))
-            cache, mask = merge([c for _, c in rows], [len(s) - 1 for s in batch], P)
+            cache, mask = merge([c for _, c in rows], [len(s) - 1 for s in batch], P, room=sampling.max_tokens + 1)
             width = mask.shape[1] + 1
             attention = torch.cat([mask, torch.ones(len(batch), 1, dtype=mask.dtype, device=mask.device)], 1)
         else:  # shared prefix from the cache (if any), the rest of every row left-padded after it
             width = max(len(b) for b in batch)
             attention = torch.tensor([[1] * P + [0] * (width - len(b)) + [1] * (len(b) - P) for b in batch])
             if P:
-                cache = fresh_cache(shared, len(batch))
+                cache = fresh_cache(shared, len(batch), room=width - P + sampling.max_tokens + 1)
         input_ids = torch.tensor([b[:P] + [pad] * (width - len(b)) + b[P:] for b in batch], device=self.device)
         do_sample = sampling.temperature > 0
         torch.manual_seed(seeds[0])

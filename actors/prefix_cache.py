@@ -2,8 +2,7 @@
 
 Every row of an LLM stage renders the same prompt file: system message, instructions and
 few-shot examples come first and are the same tokens for every row; only the row's own text
-(a passage, a question) differs. On a CPU, prefill of those prompts is most of an LLM stage's
-time. :class:`PrefixCache` keeps the key/value states of recent shared prefixes (a few entries,
+(a passage, a question) differs, yet each row recomputed them all. :class:`PrefixCache` keeps the key/value states of recent shared prefixes (a few entries,
 least recently used dropped), so a batch pays only for the tokens after its prefix.
 
 The arithmetic is exact: a causal model's states at positions ``0..P-1`` depend only on those
@@ -11,9 +10,10 @@ tokens, so computing them once and attending to them from each row (at the same 
 equals computing the whole prompt per row. What changes is the floating-point order of
 reductions, not the math; a test pins greedy outputs and scores to the uncached path's.
 
-On a CPU the rows after the prefix are prefilled one at a time (:func:`prefill_rows`): padding
+On a CPU the rows after the prefix are prefilled one at a time (:func:`forward_rows`): padding
 a batch to its longest row costs ~20% more than unpadded rows on two cores, and batching buys
-nothing there. :func:`merge` lays the per-row states out as one left-padded batch for decoding.
+nothing there. :func:`merge` lays the per-row states out as one left-padded batch for decoding,
+in a cache whose layers grow in place (:func:`growing_cache`) rather than by concatenation.
 """
 
 from __future__ import annotations
@@ -99,15 +99,86 @@ class PrefixCache:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def fresh_cache(prefix: Prefix, batch: int = 1):
-    """A new DynamicCache holding the prefix states, repeated for ``batch`` rows (the stored
-    tensors are never written to: a cache grows by concatenation into new tensors)."""
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer that writes new states into room it keeps ahead (doubling when full).
+        transformers' DynamicLayer concatenates a new tensor for every generated token, copying
+        the whole cache each step: on two CPU cores ``torch.cat`` was ~70% of decoding time."""
+
+        def __init__(self, room: int = 64):
+            super().__init__()
+            self.room = room
+            self.length = 0
+            self._k = self._v = None
+
+        @classmethod
+        def holding(cls, keys, values, length: int, room: int) -> "GrowingLayer":
+            """A layer over buffers whose first ``length`` positions are filled."""
+            layer = cls(room)
+            layer.lazy_initialization(keys, values)
+            layer._k, layer._v, layer.length = keys, values, length
+            layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+            return layer
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, m = self.length, key_states.shape[-2]
+            if self._k is None or n + m > self._k.shape[-2]:
+                cap = max(n + m + self.room, 2 * (self._k.shape[-2] if self._k is not None else 0))
+                b, h, _, d = key_states.shape
+                k, v = key_states.new_empty((b, h, cap, d)), value_states.new_empty((b, h, cap, value_states.shape[-1]))
+                if n:
+                    k[:, :, :n], v[:, :, :n] = self._k[:, :, :n], self._v[:, :, :n]
+                self._k, self._v = k, v
+            self._k[:, :, n:n + m] = key_states
+            self._v[:, :, n:n + m] = value_states
+            self.length = n + m
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+_GROWING = None
+
+
+def growing_layer():
+    global _GROWING
+    if _GROWING is None:
+        _GROWING = _growing_layer_class()
+    return _GROWING
+
+
+def growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None, room: int = 64):
+    """A DynamicCache whose layers grow in place: from (keys buffer, values buffer, filled length)
+    per layer, or empty (layers are then created as the model first writes them)."""
+    import functools
+
     from transformers import DynamicCache
 
+    cls = growing_layer()
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = functools.partial(cls, room=room)
+    if layers:
+        cache.layers = [cls.holding(k, v, n, room) for k, v, n in layers]
+    return cache
+
+
+def fresh_cache(prefix: Prefix, batch: int = 1, room: int = 64):
+    """A new cache holding the prefix states, copied for ``batch`` rows, with ``room`` more
+    positions (the stored prefix tensors are never written to)."""
     if prefix.states is None:
-        return DynamicCache()
-    return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                                        for k, v in prefix.states])
+        return growing_cache(room=room)
+    layers = []
+    for k, v in prefix.states:
+        kb = k.new_empty((batch, k.shape[1], prefix.length + room, k.shape[3]))
+        vb = v.new_empty((batch, v.shape[1], prefix.length + room, v.shape[3]))
+        kb[:, :, :prefix.length], vb[:, :, :prefix.length] = k, v
+        layers.append((kb, vb, prefix.length))
+    return growing_cache(layers, room)
 
 
 def forward_rows(model, seqs: list[list[int]], prefix: Prefix, keep: list[int]):
@@ -118,7 +189,7 @@ def forward_rows(model, seqs: list[list[int]], prefix: Prefix, keep: list[int]):
     out = []
     with torch.inference_mode():
         for s, k in zip(seqs, keep):
-            cache = fresh_cache(prefix)
+            cache = fresh_cache(prefix, room=len(s) - prefix.length + 1)
             tail = s[prefix.length:]
             logits = None
             if tail:
@@ -146,30 +217,29 @@ def forward_batch(model, seqs: list[list[int]], prefix: Prefix, keep: int, pad: 
                      cache=fresh_cache(prefix, len(seqs)), use_cache=True, logits_to_keep=keep).logits
 
 
-def merge(caches: list, lengths: list[int], prefix_len: int):
+def merge(caches: list, lengths: list[int], prefix_len: int, room: int = 64):
     """One left-padded batch cache from per-row caches: row ``i`` holds ``lengths[i]`` tokens
     (prefix included); its own tokens are moved to the right end and the gap between prefix and
-    row is zeros, masked out by the caller. Returns the cache and its (B, T) attention mask."""
-    from transformers import DynamicCache
-
+    row is zeros, masked out by the caller; ``room`` positions are kept free for decoding.
+    Returns the cache and its (B, T) attention mask."""
     total = max(lengths)
     rows = len(caches)
     layers = []
     for li in range(len(caches[0].layers)):
         k0 = caches[0].layers[li].keys
-        keys = k0.new_zeros((rows, k0.shape[1], total, k0.shape[3]))
+        keys = k0.new_zeros((rows, k0.shape[1], total + room, k0.shape[3]))
         values = keys.clone()
         for r, (c, n) in enumerate(zip(caches, lengths)):
             layer = c.layers[li]
             keys[r, :, :prefix_len] = layer.keys[0, :, :prefix_len]
             values[r, :, :prefix_len] = layer.values[0, :, :prefix_len]
             if n > prefix_len:
-                keys[r, :, total - (n - prefix_len):] = layer.keys[0, :, prefix_len:n]
-                values[r, :, total - (n - prefix_len):] = layer.values[0, :, prefix_len:n]
-        layers.append((keys, values))
+                keys[r, :, total - (n - prefix_len):total] = layer.keys[0, :, prefix_len:n]
+                values[r, :, total - (n - prefix_len):total] = layer.values[0, :, prefix_len:n]
+        layers.append((keys, values, total))
     mask = torch.zeros(rows, total, dtype=torch.long, device=caches[0].layers[0].keys.device)
     mask[:, :prefix_len] = 1
     for r, n in enumerate(lengths):
         if n > prefix_len:
             mask[r, total - (n - prefix_len):] = 1
-    return DynamicCache(ddp_cache_data=layers), mask
+    return growing_cache(layers, room), mask

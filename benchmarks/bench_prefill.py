@@ -102,6 +102,7 @@ def main() -> None:
     bs = cfg.llm.batch_size
     batches = [msgs[i:i + bs] for i in range(0, len(msgs), bs)]
     rows: list[tuple[str, float, int, str]] = []
+    judge_rows: list[tuple[str, float, str]] = []
 
     def timed(name, fn):
         t0 = time.perf_counter()
@@ -131,6 +132,21 @@ def main() -> None:
     timed("engine, reuse on", with_reuse)
     rows[-1] = rows[-1][:3] + (f"{sum(cached)} of {sum(lens)} prompt tokens reused",)
 
+    # the teacher's relevance judge: one query against every passage (one forward per pair)
+    from actors.teacher import next_token_logprobs
+
+    judge = prompts.load("teacher/relevance")
+    pairs = [judge.messages({"query": "what do these studies find", "passage": d["text"]}) for d in docs]
+    yes_no = [plain.tok(c, add_special_tokens=False)["input_ids"][0] for c in ("yes", "no")]
+    scores = {}
+    for name, eng in (("teacher judge, reuse off", plain), ("teacher judge, reuse on", reuse)):
+        t0 = time.perf_counter()
+        scores[name] = next_token_logprobs(eng, pairs, yes_no)
+        secs = time.perf_counter() - t0
+        reused = sum(u.cached for u in eng.last_usage)
+        judge_rows.append((name, secs, f"{reused} of {sum(u.prompt for u in eng.last_usage)} prompt tokens reused"))
+    drift = max(abs(a - b) for x, y in zip(*scores.values()) for a, b in zip(x, y))
+
     if not args.skip_stage:
         import pyarrow as pa
 
@@ -157,6 +173,10 @@ def main() -> None:
     print("\n| path | s/prompt | × bare free | generated tok/s | notes |\n|---|---|---|---|---|")
     for name, secs, tokens, note in rows:
         print(f"| {name} | {secs / len(msgs):.2f} | {secs / base:.2f} | {tokens / secs:.1f} | {note} |")
+    print(f"\n| scoring path ({len(pairs)} passages, 1 query) | s/pair | notes |\n|---|---|---|")
+    for name, secs, note in judge_rows:
+        print(f"| {name} | {secs / len(pairs):.3f} | {note} |")
+    print(f"largest |log-prob| difference reuse on vs off: {drift:.2e}")
 
 
 if __name__ == "__main__":
