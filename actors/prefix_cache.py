@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -87,8 +88,6 @@ class PrefixCache:
         return Prefix(shared, states, False)
 
     def _compute(self, ids: list[int]):
-        from transformers.cache_utils import DynamicLayer
-
         device = self.model.device
         with torch.inference_mode():
             cache = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True,
@@ -99,57 +98,42 @@ class PrefixCache:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _growing_layer_class():
-    from transformers.cache_utils import DynamicLayer
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer that writes new states into room it keeps ahead (doubling when full).
+    transformers' DynamicLayer concatenates a new tensor for every generated token, copying
+    the whole cache each step: on two CPU cores ``torch.cat`` was ~70% of decoding time."""
 
-    class GrowingLayer(DynamicLayer):
-        """A DynamicLayer that writes new states into room it keeps ahead (doubling when full).
-        transformers' DynamicLayer concatenates a new tensor for every generated token, copying
-        the whole cache each step: on two CPU cores ``torch.cat`` was ~70% of decoding time."""
+    def __init__(self, room: int = 64):
+        super().__init__()
+        self.room = room
+        self.length = 0
+        self._k = self._v = None
 
-        def __init__(self, room: int = 64):
-            super().__init__()
-            self.room = room
-            self.length = 0
-            self._k = self._v = None
+    @classmethod
+    def holding(cls, keys, values, length: int, room: int) -> "GrowingLayer":
+        """A layer over buffers whose first ``length`` positions are filled."""
+        layer = cls(room)
+        layer.lazy_initialization(keys, values)
+        layer._k, layer._v, layer.length = keys, values, length
+        layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+        return layer
 
-        @classmethod
-        def holding(cls, keys, values, length: int, room: int) -> "GrowingLayer":
-            """A layer over buffers whose first ``length`` positions are filled."""
-            layer = cls(room)
-            layer.lazy_initialization(keys, values)
-            layer._k, layer._v, layer.length = keys, values, length
-            layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
-            return layer
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n, m = self.length, key_states.shape[-2]
-            if self._k is None or n + m > self._k.shape[-2]:
-                cap = max(n + m + self.room, 2 * (self._k.shape[-2] if self._k is not None else 0))
-                b, h, _, d = key_states.shape
-                k, v = key_states.new_empty((b, h, cap, d)), value_states.new_empty((b, h, cap, value_states.shape[-1]))
-                if n:
-                    k[:, :, :n], v[:, :, :n] = self._k[:, :, :n], self._v[:, :, :n]
-                self._k, self._v = k, v
-            self._k[:, :, n:n + m] = key_states
-            self._v[:, :, n:n + m] = value_states
-            self.length = n + m
-            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
-            return self.keys, self.values
-
-    return GrowingLayer
-
-
-_GROWING = None
-
-
-def growing_layer():
-    global _GROWING
-    if _GROWING is None:
-        _GROWING = _growing_layer_class()
-    return _GROWING
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, m = self.length, key_states.shape[-2]
+        if self._k is None or n + m > self._k.shape[-2]:
+            cap = max(n + m + self.room, 2 * (self._k.shape[-2] if self._k is not None else 0))
+            b, h, _, d = key_states.shape
+            k, v = key_states.new_empty((b, h, cap, d)), value_states.new_empty((b, h, cap, value_states.shape[-1]))
+            if n:
+                k[:, :, :n], v[:, :, :n] = self._k[:, :, :n], self._v[:, :, :n]
+            self._k, self._v = k, v
+        self._k[:, :, n:n + m] = key_states
+        self._v[:, :, n:n + m] = value_states
+        self.length = n + m
+        self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+        return self.keys, self.values
 
 
 def growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None, room: int = 64):
@@ -159,11 +143,10 @@ def growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor, int]] | None = 
 
     from transformers import DynamicCache
 
-    cls = growing_layer()
     cache = DynamicCache()
-    cache.layer_class_to_replicate = functools.partial(cls, room=room)
+    cache.layer_class_to_replicate = functools.partial(GrowingLayer, room=room)
     if layers:
-        cache.layers = [cls.holding(k, v, n, room) for k, v, n in layers]
+        cache.layers = [GrowingLayer.holding(k, v, n, room) for k, v, n in layers]
     return cache
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import prompts
 from actors.llm import LLMConfig, TransformersEngine
-from actors.prefix_cache import PrefixCache, common_prefix, forward_batch, forward_rows
+from actors.prefix_cache import GrowingLayer, PrefixCache, common_prefix, forward_batch, forward_rows
 from actors.teacher import continuation_logprobs, next_token_logprobs
 
 PASSAGES = [
@@ -26,6 +26,19 @@ def test_common_prefix():
     assert common_prefix([[1, 2, 3], [1, 2, 3]], limit=2) == 2
     assert common_prefix([[5], [6]], limit=10) == 0
     assert common_prefix([[1, 2, 3]], limit=-1) == 0
+
+
+def test_a_growing_layer_holds_what_concatenation_would():
+    import torch
+
+    layer, parts = GrowingLayer(room=2), []
+    for m in (3, 1, 1, 1, 4):  # fills its room, doubles, keeps every earlier state
+        k, v = torch.randn(2, 3, m, 4), torch.randn(2, 3, m, 4)
+        parts.append((k, v))
+        keys, values = layer.update(k, v)
+    assert torch.equal(keys, torch.cat([k for k, _ in parts], dim=2))
+    assert torch.equal(values, torch.cat([v for _, v in parts], dim=2))
+    assert layer.get_seq_length() == 10 and layer._k.shape[2] >= 10
 
 
 @pytest.fixture(scope="module")
