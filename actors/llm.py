@@ -120,8 +120,8 @@ class Engine(Protocol):
 class TransformersEngine:
     """transformers on CPU or GPU; the embedded default runs here. ``llm.dtype: auto`` is the
     checkpoint's dtype (fp32 for the embedded model). ``bf16`` on a CPU with native bf16 (Intel
-    AMX / AVX512-BF16) generates ~1.8x faster, but moves scores by up to ~0.08 nats and made the
-    embedded judge worse (9 of 16 easy pairs ordered right, 11 in fp32): opt-in, see RESULTS.md.
+    AMX / AVX512-BF16) generates ~1.8x faster, but moves log-probs by up to 0.34 between two scoring
+    paths and made the embedded judge worse (9 of 16 easy pairs ordered right, 11 in fp32): opt-in, see RESULTS.md.
 
     The tokens a batch's prompts share (system message, instructions, few-shot examples: the
     prompt files put the row's own text last) are prefilled once and kept
@@ -195,7 +195,7 @@ class TransformersEngine:
                 for i, s in enumerate(seqs)]
 
     def generate(self, messages, sampling, seeds, schema, prefix):
-        from actors.prefix_cache import Prefix, forward_rows, fresh_cache, merge
+        from actors.prefix_cache import forward_rows, fresh_cache, merge
 
         torch = self.torch
         processor = self._logits_processor(schema)
@@ -203,7 +203,7 @@ class TransformersEngine:
             prefix = ""  # the grammar already forces the reply's shape
         batch = [self._prompt_ids(m, prefix) for m in messages]
         pad = self.tok.pad_token_id
-        shared = self.prefixes.find(batch, reserve=[1] * len(batch)) if self.prefixes.supported else Prefix.none()
+        shared = self.prefixes.find(batch, reserve=[1] * len(batch))
         P = shared.length
         cache = None
         if self.prefixes.supported and self.per_row:
@@ -238,14 +238,14 @@ class TransformersEngine:
     def tail_logprobs(self, seqs: list[list[int]], keep: list[int], batch_size: int = 8):
         """Log-softmax over the vocabulary at each row's last ``keep[i]`` positions ((keep[i], V)
         tensors), the shared prefix reused. Sets ``last_usage``."""
-        from actors.prefix_cache import Prefix, forward_batch, forward_rows
+        from actors.prefix_cache import forward_batch, forward_rows
 
         torch = self.torch
         out, usage = [], []
         step = len(seqs) if self.per_row else batch_size
         for b in range(0, len(seqs), step):
             chunk, ks = seqs[b:b + step], keep[b:b + step]
-            shared = self.prefixes.find(chunk, reserve=ks) if self.prefixes.supported else Prefix.none()
+            shared = self.prefixes.find(chunk, reserve=ks)
             if self.per_row and self.prefixes.supported:
                 logits = [lg for lg, _ in forward_rows(self.model, chunk, shared, ks)]
             else:

@@ -2,8 +2,9 @@
 
 Every row of an LLM stage renders the same prompt file: system message, instructions and
 few-shot examples come first and are the same tokens for every row; only the row's own text
-(a passage, a question) differs, yet each row recomputed them all. :class:`PrefixCache` keeps the key/value states of recent shared prefixes (a few entries,
-least recently used dropped), so a batch pays only for the tokens after its prefix.
+(a passage, a question) differs, yet each row recomputed them all. :class:`PrefixCache` keeps
+the key/value states of recent shared prefixes (a few entries, least recently used dropped), so
+a batch pays only for the tokens after its prefix.
 
 The arithmetic is exact: a causal model's states at positions ``0..P-1`` depend only on those
 tokens, so computing them once and attending to them from each row (at the same positions)
@@ -18,10 +19,12 @@ in a cache whose layers grow in place (:func:`growing_cache`) rather than by con
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
@@ -139,10 +142,6 @@ class GrowingLayer(DynamicLayer):
 def growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None, room: int = 64):
     """A DynamicCache whose layers grow in place: from (keys buffer, values buffer, filled length)
     per layer, or empty (layers are then created as the model first writes them)."""
-    import functools
-
-    from transformers import DynamicCache
-
     cache = DynamicCache()
     cache.layer_class_to_replicate = functools.partial(GrowingLayer, room=room)
     if layers:

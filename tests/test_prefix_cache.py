@@ -10,7 +10,13 @@ import pytest
 
 import prompts
 from actors.llm import LLMConfig, TransformersEngine
-from actors.prefix_cache import GrowingLayer, PrefixCache, common_prefix, forward_batch, forward_rows
+from actors.prefix_cache import (
+    GrowingLayer,
+    PrefixCache,
+    common_prefix,
+    forward_batch,
+    forward_rows,
+)
 from actors.teacher import continuation_logprobs, next_token_logprobs
 
 PASSAGES = [

@@ -182,10 +182,8 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
         raise ValueError(f"querygen.query_types: unknown {sorted(unknown)}; known: {QUERY_TYPES}")
     examples = load_examples(qg)
 
-    ids = run.sample_keys("chunks", "chunk_id", limit, qg.sample_seed)
-
-    def rows():
-        wanted = set(ids)
+    def rows():  # sampled only when the stage runs, not when it is up to date
+        wanted = set(run.sample_keys("chunks", "chunk_id", limit, qg.sample_seed))
         passages = run.read("chunks", columns=["chunk_id", "text"]).filter(lambda r: r["chunk_id"] in wanted)
         return passages.map_batches(_generation_rows, fn_kwargs={"types": qg.query_types, "examples": examples},
                                     batch_format="pyarrow")
