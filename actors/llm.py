@@ -64,6 +64,9 @@ class LLMConfig(BaseModel):
     # KV states of shared prompt prefixes kept per actor (transformers engine; see
     # actors/prefix_cache.py); 0 turns reuse off. vLLM: its automatic prefix caching on/off
     prefix_cache: int = Field(8, ge=0)
+    # vLLM: what its prompt log-probs hold; raw_logits serves SCARLet's logit target (its
+    # Eq. 5), and then only score_tokens works (the transformers engine always gives both)
+    logprobs_mode: Literal["raw_logprobs", "raw_logits"] = "raw_logprobs"
 
     def fingerprint(self) -> dict:
         """The settings that change what the LLM writes (a stage's cache key); how it is run
@@ -100,6 +103,15 @@ class Usage:
                      self.generated + other.generated, self.seconds + other.seconds)
 
 
+@dataclass
+class TokenScores:
+    """One teacher-forced continuation, per token: its log-probabilities and, where the engine
+    exposes them, its raw logits (``None`` otherwise)."""
+
+    logprobs: list[float] | None
+    logits: list[float] | None = None
+
+
 class Engine(Protocol):
     name: str
     last_usage: list[Usage]  # one per conversation of the latest generate/score call
@@ -111,6 +123,9 @@ class Engine(Protocol):
 
     def choice_logprobs(self, messages: list[Messages], choices: list[str]) -> list[list[float]]:
         """Log-probability of each choice as the reply (teacher-forced, summed over tokens)."""
+
+    def score_tokens(self, messages: list[Messages], continuations: list[list[str]]) -> list[list[TokenScores]]:
+        """Per token of each message's own continuations (teacher-forced): log-probs and logits."""
 
     def score(self, messages: list[Messages], continuations: list[list[str]]) -> list[list[tuple[float, int]]]:
         """(summed log-probability, token count) of each message's own continuations as the
@@ -235,50 +250,67 @@ class TransformersEngine:
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
         return [prefix + t for t in texts]
 
-    def tail_logprobs(self, seqs: list[list[int]], keep: list[int], batch_size: int = 8):
-        """Log-softmax over the vocabulary at each row's last ``keep[i]`` positions ((keep[i], V)
-        tensors), the shared prefix reused. Sets ``last_usage``."""
+    def tail_logits(self, seqs: list[list[int]], keep: list[int], batch_size: int = 8):
+        """Raw (pre-softmax, fp32) logits at each row's last ``keep[i]`` positions ((keep[i], V)
+        tensors), the shared prefix reused. On CPU rows are prefilled unpadded one by one; on a
+        GPU they are sorted by length and padded per batch, so a batch wastes little on padding.
+        Sets ``last_usage``."""
         from actors.prefix_cache import forward_batch, forward_rows
 
-        torch = self.torch
-        out, usage = [], []
+        out, usage = [None] * len(seqs), [None] * len(seqs)
+        order = list(range(len(seqs))) if self.per_row else sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         step = len(seqs) if self.per_row else batch_size
-        for b in range(0, len(seqs), step):
-            chunk, ks = seqs[b:b + step], keep[b:b + step]
+        for b in range(0, len(order), step):
+            idx = order[b:b + step]
+            chunk, ks = [seqs[i] for i in idx], [keep[i] for i in idx]
             shared = self.prefixes.find(chunk, reserve=ks)
             if self.per_row and self.prefixes.supported:
                 logits = [lg for lg, _ in forward_rows(self.model, chunk, shared, ks)]
             else:
                 pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
                 full = forward_batch(self.model, chunk, shared, max(ks), pad)
-                logits = [full[i, full.shape[1] - k:] for i, k in enumerate(ks)]
-            out += [torch.log_softmax(lg.float(), -1) for lg in logits]
-            usage += self._usage(chunk, shared)
+                logits = [full[j, full.shape[1] - k:] for j, k in enumerate(ks)]
+            for i, lg, u in zip(idx, logits, self._usage(chunk, shared)):
+                out[i], usage[i] = lg.float(), u
         self.last_usage = usage
         return out
+
+    def tail_logprobs(self, seqs: list[list[int]], keep: list[int], batch_size: int = 8):
+        """Log-softmax over the vocabulary at each row's last ``keep[i]`` positions (see
+        :meth:`tail_logits`)."""
+        return [self.torch.log_softmax(lg, -1) for lg in self.tail_logits(seqs, keep, batch_size)]
 
     def choice_logprobs(self, messages, choices):
         return [[lp for lp, _ in row] for row in self.score(messages, [choices] * len(messages))]
 
-    def score(self, messages, continuations, batch_size: int = 8):
-        """Teacher-forced: the log-probability of each continuation after its context, summed
-        over its tokens; every (context, continuation) pair is one row of :meth:`tail_logprobs`."""
+    def score_tokens(self, messages, continuations, batch_size: int = 8) -> list[list[TokenScores]]:
+        """Teacher-forced, per token: for each continuation of each context, the raw logit and
+        the log-probability of every one of its tokens. Token j of a continuation of n tokens is
+        predicted by the position before it, so the last n + 1 positions of context +
+        continuation are read and the final one (the prediction after the continuation) dropped."""
         pairs = []  # (message index, continuation ids, context + continuation ids)
         for i, (m, conts) in enumerate(zip(messages, continuations, strict=True)):
             ctx = self._prompt_ids(m, "")
             for c in conts:
                 ids = self.tok(c, add_special_tokens=False)["input_ids"]
                 pairs.append((i, ids, ctx + ids))
-        # token j of a continuation of n tokens is predicted at position j of the last n + 1
-        logp = self.tail_logprobs([seq for _, _, seq in pairs], [len(c) + 1 for _, c, _ in pairs], batch_size)
-        out: list[list[tuple[float, int]]] = [[] for _ in messages]
+        logits = self.tail_logits([seq for _, _, seq in pairs], [len(c) + 1 for _, c, _ in pairs], batch_size)
+        out: list[list[TokenScores]] = [[] for _ in messages]
         usage = [Usage() for _ in messages]
-        for (i, c, _), lp, u in zip(pairs, logp, self.last_usage):
-            total = float(lp[self.torch.arange(len(c)), c].sum()) if c else 0.0
-            out[i].append((total, len(c)))
+        for (i, c, _), lg, u in zip(pairs, logits, self.last_usage):
+            at = self.torch.arange(len(c))
+            picked = lg[at, c] if c else lg[:0, 0]
+            logp = (picked - self.torch.logsumexp(lg[:len(c)], -1)) if c else picked
+            out[i].append(TokenScores(logp.tolist(), picked.tolist()))
             usage[i] = usage[i] + u
         self.last_usage = usage
         return out
+
+    def score(self, messages, continuations, batch_size: int = 8):
+        """Teacher-forced: the log-probability of each continuation after its context, summed
+        over its tokens (see :meth:`score_tokens`)."""
+        return [[(float(sum(t.logprobs)), len(t.logprobs)) for t in row]
+                for row in self.score_tokens(messages, continuations, batch_size)]
 
 
 class VLLMEngine:
@@ -304,8 +336,10 @@ class VLLMEngine:
             kwargs["distributed_executor_backend"] = "ray"  # workers join the surrounding Ray
         # automatic prefix caching: the prompt files put the shared part first, so it hits
         kwargs["enable_prefix_caching"] = cfg.prefix_cache > 0
+        if cfg.logprobs_mode != "raw_logprobs":
+            kwargs["logprobs_mode"] = cfg.logprobs_mode
         self.llm = LLM(**kwargs)
-        self.guided = cfg.guided
+        self.cfg, self.guided = cfg, cfg.guided
         self.last_usage: list[Usage] = []
 
     @staticmethod
@@ -335,9 +369,10 @@ class VLLMEngine:
     def choice_logprobs(self, messages, choices):
         return [[lp for lp, _ in row] for row in self.score(messages, [choices] * len(messages))]
 
-    def score(self, messages, continuations):
-        """Prompt log-probs of context + continuation (``prompt_logprobs=0`` returns the
-        actual token's log-prob at every prompt position)."""
+    def score_tokens(self, messages, continuations):
+        """Prompt log-probs of context + continuation: ``prompt_logprobs=0`` returns the actual
+        token's value at every prompt position, a log-prob or, with ``llm.logprobs_mode:
+        raw_logits``, its raw logit. Prefix caching shares the context across continuations."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -350,15 +385,23 @@ class VLLMEngine:
                 prompts.append(TokensPrompt(prompt_token_ids=list(ctx) + cont))
                 spans.append((i, len(ctx), cont))
         outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
-        out: list[list[tuple[float, int]]] = [[] for _ in messages]
+        logits = self.cfg.logprobs_mode == "raw_logits"
+        out: list[list[TokenScores]] = [[] for _ in messages]
         usage = [Usage() for _ in messages]
         for o, (i, start, cont) in zip(outs, spans):
-            lp = sum(o.prompt_logprobs[start + j][t].logprob for j, t in enumerate(cont))
-            out[i].append((lp, len(cont)))
+            values = [o.prompt_logprobs[start + j][t].logprob for j, t in enumerate(cont)]
+            out[i].append(TokenScores(None, values) if logits else TokenScores(values))
             u = _vllm_usage(o)
             usage[i] = usage[i] + Usage(u.prompt, u.cached)
         self.last_usage = usage
         return out
+
+    def score(self, messages, continuations):
+        if self.cfg.logprobs_mode == "raw_logits":
+            raise NotImplementedError("llm.logprobs_mode raw_logits gives logits, not log-probs: "
+                                      "only per-token scoring (score_tokens) is available")
+        return [[(float(sum(t.logprobs)), len(t.logprobs)) for t in row]
+                for row in self.score_tokens(messages, continuations)]
 
 
 def _vllm_usage(o) -> Usage:
@@ -427,6 +470,9 @@ class OpenAIEngine:
         raise NotImplementedError("the openai engine has no teacher-forced log-probs of a whole "
                                   "continuation; use a yes-no judge, or the transformers/vllm engine")
 
+    def score_tokens(self, messages, continuations):
+        return self.score(messages, continuations)
+
 
 def make_engine(cfg: LLMConfig) -> Engine:
     if cfg.engine in ("embedded", "transformers"):
@@ -483,6 +529,12 @@ OUTPUT = "llm_output"  # JSON text of the parsed, validated reply
 RAW = "llm_raw"
 # what a row cost, summed over its attempts (the stage's manifest entry adds them up)
 COST_COLUMNS = ("llm_prompt_tokens", "llm_cached_tokens", "llm_generated_tokens", "llm_seconds")
+
+
+def _per_token(t: TokenScores) -> tuple:
+    """(summed log-prob or None, token count, per-token log-probs, per-token logits)."""
+    n = len(t.logprobs if t.logprobs is not None else t.logits or [])
+    return (float(sum(t.logprobs)) if t.logprobs is not None else None, n, t.logprobs, t.logits)
 
 
 class LLMActor:
@@ -561,7 +613,11 @@ class LLMActor:
         started = time.perf_counter()
         try:
             msgs = [prompt.messages(r) for r in rows]
-            scored = self.engine.score(msgs, [prompt.render_continuations(r) for r in rows])
+            conts = [prompt.render_continuations(r) for r in rows]
+            if prompt.per_token:
+                scored = [[_per_token(t) for t in row] for row in self.engine.score_tokens(msgs, conts)]
+            else:
+                scored = self.engine.score(msgs, conts)
         except NotImplementedError:
             raise
         except Exception as e:
@@ -571,7 +627,9 @@ class LLMActor:
             return [r for row in rows for r in self._score([row], prompt)]
         results = []
         for row, pairs, c in zip(rows, scored, self._cost(len(rows), started)):
-            obj = {"logprobs": [lp for lp, _ in pairs], "tokens": [n for _, n in pairs]}
+            obj = {"logprobs": [p[0] for p in pairs], "tokens": [p[1] for p in pairs]}
+            if prompt.per_token:
+                obj["token_logprobs"], obj["token_logits"] = [p[2] for p in pairs], [p[3] for p in pairs]
             try:
                 err = self.check(row, obj) if self.check else None
             except Exception as e:

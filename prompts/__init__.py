@@ -13,7 +13,8 @@ Each file holds::
 A *scoring* prompt has ``continuations`` (Jinja2 templates) instead of a schema: nothing is
 generated; the engine returns the log-probability of each rendered continuation as the reply
 (teacher-forced), e.g. ``["Yes", "No"]`` for a judge or ``["{{ answer }}"]`` for the likelihood
-of a reference answer under a given context.
+of a reference answer under a given context. With ``per_token: true`` the reply also holds each
+token's log-probability and raw logit (``token_logprobs``, ``token_logits``: SCARLet's attribution).
 
 :func:`load` returns a :class:`Prompt`; rendering is strict (an unknown variable is an error).
 """
@@ -52,6 +53,7 @@ class Prompt(BaseModel):
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     sampling: Sampling = Sampling()
     continuations: list[str] | None = None  # a scoring prompt: log-probs of these, no generation
+    per_token: bool = False  # a scoring prompt's reply also holds each token's log-prob and raw logit
 
     @model_validator(mode="after")
     def _one_kind(self):

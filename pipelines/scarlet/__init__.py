@@ -1,0 +1,1 @@
+"""SCARLet (shared-context multi-task synthesis with utility attribution)."""
