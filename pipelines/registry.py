@@ -8,7 +8,7 @@ sections every method shares (``ingest``, ``llm``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +20,10 @@ from pipelines.querygen import querygen
 from pipelines.querygen.config import QuerygenConfig
 from pipelines.ragsynth import ragsynth
 from pipelines.ragsynth.config import RagsynthConfig
+from pipelines.scarlet import scarlet
+from pipelines.scarlet.config import ScarletConfig
+from pipelines.source2synth import source2synth
+from pipelines.source2synth.config import Source2SynthConfig
 from pipelines.stages.ingest import IngestConfig
 
 
@@ -30,6 +34,7 @@ class Method:
     config: type[BaseModel]  # the method's section of the run config
     summary: str  # one line for `synthrag run --help`
     limit_help: str = "Cap the chunks sent to the LLM."
+    options: dict[str, str] = field(default_factory=dict)  # method flags: "--seeds" -> "scarlet.seeds_file"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -38,6 +43,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("querygen", querygen, QuerygenConfig,
            "Query distillation: six query types per passage, retriever + teacher filtering, scored lists.",
            "Sample up to N passages after ingest and dedupe."),
+    Method("scarlet", scarlet, ScarletConfig,
+           "SCARLet: multi-task data on shared entity-related contexts, passage utilities by perturbation, "
+           "utility-labelled retrieval lists.",
+           "Cap the seeds: corpus passages (or lines of --seeds).",
+           {"--seeds": "scarlet.seeds_file", "--tasks": "scarlet.tasks_file", "--kg": "scarlet.kg.kind",
+            "--sparql-url": "scarlet.kg.sparql_url", "--target": "scarlet.target", "--split": "scarlet.split"}),
+    Method("source2synth", source2synth, Source2SynthConfig,
+           "Source2Synth: seeded 2-hop QA from documents, table QA with executed SQL, curated by a model tuned on half.",
+           "Cap the doc-A chunks seeded and the tables seeded (each).",
+           {"--tables": "source2synth.tables", "--curate": "source2synth.curation.enabled"}),
 ]}
 
 

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "pipelines.cli.generate",
     "pipelines.cli.eval_retrieval",
     "pipelines.cli.eval_generator",
+    "pipelines.cli.eval_attribution",
     "pipelines.cli.train_generator",
     "pipelines.cli.serve",
     "pipelines.cli.train_retriever",

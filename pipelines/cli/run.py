@@ -79,26 +79,48 @@ def ingest(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] 
     execute("ingest", corpus, out, config, set_, address)
 
 
-def _run_command(name: str, summary: str, limit_help: str):
-    """``synthrag run NAME``: ingest, then the registered method's pipeline."""
+def _run_command(name: str, summary: str, limit_help: str, options: dict[str, str]):
+    """``synthrag run NAME``: ingest, then the registered method's pipeline. A method's own
+    flags (``Method.options``: ``--seeds FILE`` → ``scarlet.seeds_file``) are ``--set`` overrides
+    by another name, so the config stays the one place its settings are validated."""
 
-    def command(corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] = ConfigOpt,
+    def command(ctx: typer.Context, corpus: Path = CorpusOpt, out: Path = OutOpt, config: Optional[Path] = ConfigOpt,
                 limit: Optional[int] = typer.Option(None, "--limit", help=limit_help),
                 set_: Optional[list[str]] = typer.Option(None, "--set", help=SetOpt.help),
                 address: Optional[str] = AddressOpt):
         from pipelines.registry import METHODS
 
-        execute(f"run {name}", corpus, out, config, set_, address, METHODS[name].run, limit)
+        overrides = list(set_ or []) + method_flags(name, options, ctx.args)
+        execute(f"run {name}", corpus, out, config, overrides, address, METHODS[name].run, limit)
 
-    command.__doc__ = summary
+    flags = "".join(f"\n\n{flag} VALUE: sets {key}" for flag, key in options.items())
+    command.__doc__ = summary + flags
     return command
+
+
+def method_flags(name: str, options: dict[str, str], args: list[str]) -> list[str]:
+    """``--flag VALUE`` / ``--flag=VALUE`` pairs of a method's own options as ``KEY=VALUE``."""
+    out, i = [], 0
+    while i < len(args):
+        flag, _, value = args[i].partition("=")
+        if flag not in options:
+            known = ", ".join(options) or "none"
+            raise typer.BadParameter(f"unknown option {flag!r} for `run {name}` (its own options: {known})")
+        if not value:
+            if i + 1 >= len(args):
+                raise typer.BadParameter(f"{flag} needs a value")
+            value, i = args[i + 1], i + 1
+        out.append(f"{options[flag]}={value}")
+        i += 1
+    return out
 
 
 def _register_methods() -> None:
     from pipelines.registry import METHODS
 
     for m in METHODS.values():
-        run_app.command(m.name)(_run_command(m.name, m.summary, m.limit_help))
+        extra = {"allow_extra_args": True, "ignore_unknown_options": True} if m.options else None
+        run_app.command(m.name, context_settings=extra)(_run_command(m.name, m.summary, m.limit_help, m.options))
 
 
 _register_methods()
