@@ -22,8 +22,6 @@ from pipelines.ragsynth import ragsynth
 from pipelines.ragsynth.config import RagsynthConfig
 from pipelines.scarlet import scarlet
 from pipelines.scarlet.config import ScarletConfig
-from pipelines.source2synth import source2synth
-from pipelines.source2synth.config import Source2SynthConfig
 from pipelines.stages.ingest import IngestConfig
 
 
@@ -49,10 +47,6 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "Cap the seeds: corpus passages (or lines of --seeds).",
            {"--seeds": "scarlet.seeds_file", "--tasks": "scarlet.tasks_file", "--kg": "scarlet.kg.kind",
             "--sparql-url": "scarlet.kg.sparql_url", "--target": "scarlet.target", "--split": "scarlet.split"}),
-    Method("source2synth", source2synth, Source2SynthConfig,
-           "Source2Synth: seeded 2-hop QA from documents, table QA with executed SQL, curated by a model tuned on half.",
-           "Cap the doc-A chunks seeded and the tables seeded (each).",
-           {"--tables": "source2synth.tables", "--curate": "source2synth.curation.enabled"}),
 ]}
 
 

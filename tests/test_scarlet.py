@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.eval.attribution import ndcg_at, rank, read_questions, recall_at
 from pipelines.scarlet.attribution import (
     fit_ridge,
     loo_masks,
@@ -19,6 +18,7 @@ from pipelines.scarlet.attribution import (
     sample_masks,
     target_value,
 )
+from pipelines.scarlet.gti import ndcg_at, rank, read_questions, recall_at
 from pipelines.scarlet.split import (
     DegenerateUtilities,
     optimal_1d_kmeans,
@@ -76,10 +76,10 @@ def test_ridge_recovers_passage_utilities_from_masked_scores():
 
 
 def test_the_target_is_the_sum_of_logits_or_log_probs():
-    s = {"token_logits": [10.0, 12.0], "token_logprobs": [-0.5, -0.25]}
+    s = {"token_logits": [[10.0, 12.0]], "token_logprobs": [[-0.5, -0.25]]}  # one continuation
     assert target_value(s, "logit") == 22.0 and target_value(s, "logprob") == -0.75
     with pytest.raises(ValueError, match="logprobs_mode"):
-        target_value({"token_logits": None, "token_logprobs": [-1.0]}, "logit")
+        target_value({"token_logits": [None], "token_logprobs": [[-1.0]]}, "logit")
 
 
 def test_passages_are_cut_to_fit_the_window_by_one_rule():
@@ -134,6 +134,23 @@ def test_expansion_rejects_unknown_entities_and_unreachable_graphs(tmp_path):
     kg = SparqlKG(f"http://127.0.0.1:{port}/sparql", cache_path=tmp_path / "kg.json", timeout_s=1)
     down = expand_row(seed, kg, 10, True)
     assert down["reject_reason"] == "sparql_unreachable" and "Gdansk" in down["reject_detail"]
+
+
+def test_synthetic_examples_pass_cheap_checks_first():
+    from pipelines.scarlet import check_example
+
+    pool = load_pool()
+    qa, fc = pool["single_hop_qa"], pool["fact_checking"]
+    src = "Marta Kowalczyk founded Harbor Instruments in Gdansk in 1998."
+    assert check_example(qa, {}, {"input": "Who founded Harbor Instruments?", "answer": "Marta Kowalczyk"}, src) is None
+    assert check_example(qa, {}, {"input": "Who founded it?", "answer": "Elon Musk of Tesla"}, src).startswith("answer_not_grounded")
+    assert check_example(qa, {}, {"input": qa.example.input, "answer": "x"}, src).startswith("copied_example")
+    loop = "the answer is Gdansk, the answer is Gdansk, the answer is Gdansk, the answer is Gdansk"
+    assert check_example(qa, {}, {"input": loop, "answer": "Gdansk"}, src).startswith("repetitive")
+    assert check_example(qa, {}, {"input": "The new example must be correct. Who?", "answer": "Gdansk"},
+                         src).startswith("copied_instruction")
+    assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "SUPPORTS"}, src) is None
+    assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "TRUE"}, src).startswith("bad_answer")
 
 
 def test_ranking_metrics():
@@ -199,7 +216,7 @@ def test_scarlet_end_to_end_accounts_for_every_row(run_dir):
     masks = stages["scarlet_attribution"]
     assert masks["in"] == 12 * stages["scarlet_filter"]["out"]
     funnel = stages["scarlet_lists"]["funnel"]
-    assert funnel["seeds"] == 4 and set(funnel["synthesised_per_task"]) <= {"single_hop_qa", "fact_checking"}
+    assert funnel["seeds"] == 4 and funnel["valid_seeds"] == 3 and set(funnel["synthesised_per_task"]) <= {"single_hop_qa", "fact_checking"}
     utils = pads.dataset(run_dir / "scarlet_utilities").to_table().to_pylist() if (run_dir / "scarlet_utilities").is_dir() else []
     for u in utils:
         k = len(u["passage_ids"])
@@ -212,3 +229,28 @@ def test_scarlet_end_to_end_accounts_for_every_row(run_dir):
         assert row["labels"][0] == 1.0 and 0.0 in row["labels"]
     exported = (run_dir / "exports" / "scarlet_pairs.jsonl").read_text().splitlines()
     assert len(exported) == len(utils)
+
+
+def test_eval_attribution_runs_every_method_side_by_side(tiny_llm, tmp_path):
+    from actors.llm import LLMConfig
+    from pipelines.scarlet.gti import Attributor, evaluate, table
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "Where was Marta born?", "answer": "Elblag",
+         "passages": ["Marta was born in Elblag.", "Pumps move water.", "Seals wear out."], "gold": [0]},
+        {"id": "x", "question": "What moves water?", "answer": "pumps",
+         "passages": ["Seals wear out.", "Pumps move water.", "Gdansk is a port."], "gold": [1]}]) + "\n")
+    qs = read_questions(data)
+    att = Attributor(LLMConfig(engine="transformers", model=str(tiny_llm), dtype="fp32"), masks=6)
+    assert len(att.perturbation(qs[0])) == 3 and len(att.loo(qs[0])) == 3
+    results = evaluate(qs, att, ["perturbation", "loo", "random"])
+    assert set(results) == {"perturbation", "loo", "random"}
+    for r in results.values():
+        assert 0 <= r["ndcg@1"] <= 100 and 0 <= r["recall@2"] <= 100 and r["questions"] == 2
+    assert results["perturbation"]["forward_passes_per_second"] > 0  # 6 masks x 2 questions were scored
+    assert "| perturbation |" in table(results)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a", "passages": ["p"], "gold": [3]}\n')
+    with pytest.raises(ValueError, match="gold indices"):
+        read_questions(bad)

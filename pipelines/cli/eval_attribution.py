@@ -28,14 +28,14 @@ def eval_attribution(
     """NDCG@1/@5 and Recall@2 of the gold passages, per attribution method, side by side."""
     from rich.progress import Progress
 
-    from pipelines.eval.attribution import (
+    from pipelines.registry import load_config
+    from pipelines.scarlet.gti import (
         METHODS,
         Attributor,
         evaluate,
         read_questions,
         table,
     )
-    from pipelines.registry import load_config
 
     if target not in ("logit", "logprob"):
         raise typer.BadParameter("--target is logit or logprob")

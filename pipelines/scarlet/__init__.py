@@ -20,6 +20,7 @@ Fidelity (departures from the paper, with its sections):
 
 | what | paper | here, and why |
 |---|---|---|
+| no entity | seed discarded (App. A) | same by default; ``no_entity: use_input`` keeps it and retrieves with its input |
 | seeds | 1,000 from each task's training set (App. A) | a user's ``--seeds`` file; without one, one seed per corpus passage, tasks in turn (``seed_tasks``) |
 | KG | Wikidata over SPARQL (App. A) | the corpus's co-mention graph by default (no network in a batch job); SPARQL optional; neighbours per entity 5 (LIMIT unstated) |
 | retrieval | top-10 per entity, top-10 overall (§4.1) | same, by max inner product per chunk over the entities |
@@ -78,6 +79,16 @@ def _table(rows: list[dict]) -> pa.Table:
                                                              REJECT_DETAIL: pa.array([], pa.string())})
 
 
+_INSTRUCTION_LINES = ("the new example must be correct", "write one new example", "write a new example")
+
+
+def repetitive(text: str, n: int = 4, times: int = 3) -> bool:
+    """Some run of ``n`` words occurs ``times`` or more: the small model's loop, not an answer."""
+    words = re.findall(r"\w+", text.lower())
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return bool(grams) and max(grams.values()) >= times
+
+
 def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None:
     """The cheap checks a synthetic (or seed) example must pass before anything else sees it:
     the task's answer format, not the prompt's example copied, and, for free-text answers,
@@ -85,6 +96,10 @@ def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None
     if task.normalise_answer(reply["answer"]) is None:
         return f"bad_answer_format: {reply['answer'][:60]!r} is not a {task.name} answer"
     inp, ans = reply["input"].strip().lower(), reply["answer"].strip().lower()
+    if repetitive(inp) or repetitive(ans):
+        return "repetitive: the reply repeats one phrase over and over"
+    if any(line.strip() and line.strip() in inp for line in _INSTRUCTION_LINES):
+        return "copied_instruction: the input repeats the prompt's instructions"
     if inp == task.example.input.strip().lower() or (not task.answer_choices and ans == task.example.answer.strip().lower()):
         return "copied_example: the example repeats the task's example"
     if not task.answer_choices:
@@ -163,12 +178,15 @@ def seed_entities(run: Run, cfg: RunConfig) -> None:
                 if coarse_label(e.label_) and key and key not in seen:
                     seen.add(key)
                     ents.append(e.text.strip())
-            r["entities"] = ents
-            r[REJECT_REASON] = None if ents else "no_entity"
-            r[REJECT_DETAIL] = None if ents else json.dumps({"text": r["input"][:200]})
+            fallback = not ents and cfg.scarlet.no_entity == "use_input"
+            r["entities"] = [r["input"]] if fallback else ents
+            r["entity_fallback"] = fallback
+            r[REJECT_REASON] = None if r["entities"] else "no_entity"
+            r[REJECT_DETAIL] = None if r["entities"] else json.dumps({"text": r["input"][:200]})
         return _table(rows)
 
-    build_stage(run, "scarlet_entities", ["scarlet_seeds"], build, "scarlet_entities", schema=None)
+    build_stage(run, "scarlet_entities", ["scarlet_seeds"], build, "scarlet_entities", schema=None,
+                extra_fp=(cfg.scarlet.no_entity,))
 
 
 def corpus_mentions(run: Run, cfg: RunConfig) -> None:
@@ -206,6 +224,8 @@ def expand_row(r: dict, graph, max_entities: int, require_known: bool) -> dict:
     HTTP error, bad reply) makes the seed a reject with that reason; so does a graph that knows
     none of its entities, when ``require_known``."""
     known, added, errors, relations = 0, [], [], []
+    if r.get("entity_fallback"):  # its input stands in for entities: retrieved with, not expanded
+        return dict(r, neighbours=[], entity_list=list(r["entities"]), relations="[]", known_entities=0)
     for e in r["entities"]:
         look = graph.neighbours(e)
         if look.error:
@@ -406,7 +426,7 @@ def example_passages(ctx_passages: list[dict], noise_rows: list[dict], example_i
     return out
 
 
-def attribution(run: Run, cfg: RunConfig, pool: dict[str, Task]) -> None:
+def attribute(run: Run, cfg: RunConfig, pool: dict[str, Task]) -> None:
     sc = cfg.scarlet
 
     def prepared() -> list[dict]:
@@ -550,10 +570,13 @@ def funnel(run: Run, utils: list[dict]) -> dict:
     neg = [len(u["negatives"]) for u in utils]
     return {
         "seeds": seeds_in,
-        "entity_loss_rate": round(1 - stage("scarlet_entities", "out") / seeds_in, 4) if seeds_in else 0.0,
+        "valid_seeds": stage("scarlet_entities", "in"),
+        "entity_loss_rate": round(1 - stage("scarlet_entities", "out") / stage("scarlet_entities", "in"), 4)
+        if stage("scarlet_entities", "in") else 0.0,
         "expansion_rate": round(sum(bool(r["neighbours"]) for r in exp) / len(exp), 4) if exp else 0.0,
         "entities_per_seed": round(float(np.mean([len(r["entity_list"]) for r in exp])), 2) if exp else 0.0,
         "seed_entities_per_seed": round(float(np.mean([len(r["entities"]) for r in ents])), 2) if ents else 0.0,
+        "entity_fallbacks": sum(bool(r.get("entity_fallback")) for r in ents),
         "shared_contexts": stage("scarlet_context", "out"),
         "synthesised_per_task": dict(sorted(synth.items())),
         "filter_loss_rate": round(1 - f_out / f_in, 4) if f_in else 0.0,
@@ -582,5 +605,5 @@ def scarlet(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
     synthesize(run, cfg, tasks)
     judge(run, cfg, pool)
     noise(run, cfg)
-    attribution(run, cfg, pool)
+    attribute(run, cfg, pool)
     lists(run, cfg, pool)

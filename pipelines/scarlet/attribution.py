@@ -45,8 +45,9 @@ def fit_ridge(masks: np.ndarray, z: Sequence[float], lam: float = 1.0) -> tuple[
 
 
 def target_value(scores: dict, target: Target) -> float:
-    """z of one scored continuation: the sum of its tokens' raw logits (Eq. 5) or log-probs."""
-    values = scores["token_logits" if target == "logit" else "token_logprobs"]
+    """z of a scoring reply's (first) continuation: the sum of its tokens' raw logits (Eq. 5)
+    or log-probs. ``scores`` is the reply of a ``per_token`` scoring prompt."""
+    values = scores["token_logits" if target == "logit" else "token_logprobs"][0]
     if values is None:
         raise ValueError(f"the engine returned no per-token {target}s (vLLM: set llm.logprobs_mode)")
     return float(sum(values))

@@ -32,6 +32,9 @@ class ScarletConfig(BaseModel):
     # corpus seeds: each passage gives one seed of each of these tasks (default: one task per
     # passage, taken in turn from the pool, so seeds cover every task at 1/l of the cost)
     seed_tasks: list[str] | Literal["rotate", "all"] = "rotate"
+    # a seed spaCy finds no entity in: a reject (the paper's App. A), or kept with its input as
+    # the one retrieval query (scientific and technical text often has no named entities)
+    no_entity: Literal["reject", "use_input"] = "reject"
     kg: KGConfig = KGConfig()
     max_entities: int = Field(10, ge=1)  # seed entities + neighbours used for retrieval
     per_entity: int = Field(10, ge=1)  # top passages per entity (§4.1)

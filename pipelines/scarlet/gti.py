@@ -1,4 +1,4 @@
-"""How well utility scores find the passages an answer needs (SCARLet §3.4, Figure 2, Table 8).
+"""`synthrag eval attribution`: how well utility scores find the passages an answer needs (SCARLet §3.4, Figure 2, Table 8).
 
 Each question comes with its passages and the indices of the gold ones (HotpotQA distractor
 setting: ten paragraphs, gold = the paragraphs of its supporting facts; or a generic jsonl
