@@ -61,7 +61,7 @@ def main() -> None:
 
     import prompts
     from actors.llm import LLMActor, LLMConfig, make_engine
-    from pipelines.eval.attribution import read_questions
+    from pipelines.scarlet.gti import read_questions
 
     questions = read_questions(a.data, a.n)
     rows = mask_rows(questions, a.masks)
