@@ -36,7 +36,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpot
 
 def mask_rows(questions, masks_n: int):
     from pipelines.scarlet import render_context
-    from pipelines.scarlet.attribution import passage_budget, sample_masks, truncate_words
+    from pipelines.scarlet.attribution import (
+        passage_budget,
+        sample_masks,
+        truncate_words,
+    )
 
     rows = []
     for qi, q in enumerate(questions):
