@@ -70,6 +70,18 @@ def _reply(r: dict) -> dict | None:
     return json.loads(r["llm_output"]) if r.get("llm_output") else None
 
 
+def _qa_rows(batch: pa.Table, keys: tuple[str, ...], tasks: dict[str, Task]) -> pa.Table:
+    """An LLM stage's ``{input, answer}`` replies as rows: the ``keys`` columns carried over, the
+    answer in its task's form, lineage, and the reject columns (null input/answer when rejected)."""
+    out = []
+    for r in batch.to_pylist():
+        rep = _reply(r)
+        out.append({**{k: r[k] for k in keys}, "input": rep["input"].strip() if rep else None,
+                    "answer": tasks[r["task"]].normalise_answer(rep["answer"]) if rep else None,
+                    **{k: r[k] for k in LINEAGE}, REJECT_REASON: r[REJECT_REASON], REJECT_DETAIL: r[REJECT_DETAIL]})
+    return pa.Table.from_pylist(out)
+
+
 def _table(rows: list[dict]) -> pa.Table:
     """Rows (kept and rejected) as a table; every row carries both reject columns."""
     for r in rows:
@@ -148,15 +160,7 @@ def seeds(run: Run, cfg: RunConfig, pool: dict[str, Task], limit: int | None) ->
         return check_example(pool[row["task"]], row, reply, row["text"])
 
     def then(batch: pa.Table) -> pa.Table:
-        out = []
-        for r in batch.to_pylist():
-            rep = _reply(r)
-            out.append({"seed_id": r["seed_id"], "task": r["task"], "chunk_id": r["chunk_id"], "source": r["source"],
-                        "input": rep["input"].strip() if rep else None,
-                        "answer": pool[r["task"]].normalise_answer(rep["answer"]) if rep else None,
-                        **{k: r[k] for k in LINEAGE}, REJECT_REASON: r[REJECT_REASON],
-                        REJECT_DETAIL: r[REJECT_DETAIL]})
-        return pa.Table.from_pylist(out)
+        return _qa_rows(batch, ("seed_id", "task", "chunk_id", "source"), pool)
 
     llm_stage(run, cfg, "scarlet_seeds", ["dedupe"], rows, "seed_id", "scarlet/seed", "scarlet_seeds",
               check=check, then=then, extra_fp=(limit, cfg.seed, sc.seed_tasks, sorted(pool), sc.tasks_file))
@@ -342,15 +346,7 @@ def synthesize(run: Run, cfg: RunConfig, tasks: list[Task]) -> None:
         return check_example(by_name[row["task"]], row, reply, row["context"])
 
     def then(batch: pa.Table) -> pa.Table:
-        out = []
-        for r in batch.to_pylist():
-            rep = _reply(r)
-            out.append({"example_id": r["example_id"], "context_id": r["context_id"], "task": r["task"],
-                        "input": rep["input"].strip() if rep else None,
-                        "answer": by_name[r["task"]].normalise_answer(rep["answer"]) if rep else None,
-                        **{k: r[k] for k in LINEAGE}, REJECT_REASON: r[REJECT_REASON],
-                        REJECT_DETAIL: r[REJECT_DETAIL]})
-        return pa.Table.from_pylist(out)
+        return _qa_rows(batch, ("example_id", "context_id", "task"), by_name)
 
     llm_stage(run, cfg, "scarlet_synthesize", ["scarlet_context"], rows, "example_id", "scarlet/synthesize",
               "scarlet_synthetic", check=check, then=then,
