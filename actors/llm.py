@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Protocol
 
 import pyarrow as pa
@@ -55,6 +55,10 @@ class LLMConfig(BaseModel):
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     max_retries: int = Field(2, ge=0)  # extra attempts after the first
+    # best-of-n: each attempt samples this many candidates per row in one batched engine call and
+    # keeps the first that parses and passes the stage's check (candidate 1 greedy when the
+    # prompt is; the others at retry_temperature); llm_tries records which one was kept
+    best_of: int = Field(1, ge=1)
     max_crashes: int = Field(2, ge=1)  # a row held by this many dead workers is rejected, not retried
     retry_temperature: float = 0.7  # used for retries when the prompt is greedy
     seed: int = 0
@@ -97,10 +101,16 @@ class Usage:
     cached: int = 0
     generated: int = 0
     seconds: float = 0.0  # this row's share of the engine call's wall time
+    candidates: int = 0  # replies generated (best-of-n makes n per attempt)
+    tries: int = 0  # 1-based index of the candidate kept (over all attempts), or all tried
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(self.prompt + other.prompt, self.cached + other.cached,
-                     self.generated + other.generated, self.seconds + other.seconds)
+                     self.generated + other.generated, self.seconds + other.seconds,
+                     self.candidates + other.candidates, max(self.tries, other.tries))
+
+    def tried(self, k: int) -> "Usage":
+        return replace(self, tries=k)
 
 
 @dataclass
@@ -528,7 +538,8 @@ def parse_reply(prompt: Prompt, text: str) -> Any:
 OUTPUT = "llm_output"  # JSON text of the parsed, validated reply
 RAW = "llm_raw"
 # what a row cost, summed over its attempts (the stage's manifest entry adds them up)
-COST_COLUMNS = ("llm_prompt_tokens", "llm_cached_tokens", "llm_generated_tokens", "llm_seconds")
+COST_COLUMNS = ("llm_prompt_tokens", "llm_cached_tokens", "llm_generated_tokens", "llm_seconds", "llm_candidates",
+                "llm_tries")
 
 
 def _per_token(t: TokenScores) -> tuple:
@@ -571,18 +582,48 @@ class LLMActor:
         usage = getattr(self.engine, "last_usage", None) or []
         if len(usage) != n:
             usage = [Usage() for _ in range(n)]
-        return [Usage(u.prompt, u.cached, u.generated, share) for u in usage]
+        return [Usage(u.prompt, u.cached, u.generated, share, candidates=1) for u in usage]
 
     def _attempt(self, rows: list[dict], attempt: int, prompt: Prompt) -> list[tuple[Any, str, str | None, Usage]]:
-        """One generation over ``rows``: (parsed or None, raw, error or None, cost) per row."""
+        """One attempt over ``rows``: (parsed or None, raw, error or None, cost) per row. With
+        ``best_of`` n > 1 every row gets n candidates (seeds ``seed + attempt*n + j``) and keeps
+        the first that passes; ``cost.tries`` is its 1-based index, over all attempts."""
         if prompt.continuations is not None:
             return self._score(rows, prompt)
+        n = self.cfg.best_of
         sampling = prompt.sampling
         if self.cfg.max_tokens:
             sampling = sampling.model_copy(update={"max_tokens": self.cfg.max_tokens})
-        if attempt > 0 and sampling.temperature == 0:
-            sampling = sampling.model_copy(update={"temperature": self.cfg.retry_temperature})
-        seeds = [self.cfg.seed + attempt for _ in rows]
+        hot = sampling.model_copy(update={"temperature": self.cfg.retry_temperature}) \
+            if sampling.temperature == 0 else sampling
+        if n == 1:
+            res = self._generate(rows, [self.cfg.seed + attempt] * len(rows), hot if attempt else sampling, prompt)
+            return [(o, r, e, c.tried(attempt + 1)) for o, r, e, c in res]
+        base = self.cfg.seed + attempt * n
+        if attempt == 0 and sampling.temperature == 0:  # candidate 1 greedy, 2..n sampled
+            first = self._generate(rows, [base] * len(rows), sampling, prompt)
+            rest = self._generate([r for r in rows for _ in range(n - 1)],
+                                  [base + j for _ in rows for j in range(1, n)], hot, prompt)
+            cands = [[first[i], *rest[i * (n - 1):(i + 1) * (n - 1)]] for i in range(len(rows))]
+        else:
+            flat = self._generate([r for r in rows for _ in range(n)], [base + j for _ in rows for j in range(n)],
+                                  hot, prompt)
+            cands = [flat[i * n:(i + 1) * n] for i in range(len(rows))]
+        out = []
+        for cs in cands:
+            cost = sum((c[3] for c in cs), Usage())
+            j = next((j for j, c in enumerate(cs) if c[2] is None), None)
+            if j is None:  # none passed: the first candidate's reason, the others' in the detail
+                obj, raw, err, _ = cs[0]
+                others = "; ".join(c[2][:80] for c in cs[1:])
+                out.append((None, raw, f"{err} [best of {n}; others: {others}]", cost.tried(attempt * n + n)))
+            else:
+                obj, raw, _, _ = cs[j]
+                out.append((obj, raw, None, cost.tried(attempt * n + j + 1)))
+        return out
+
+    def _generate(self, rows: list[dict], seeds: list[int], sampling, prompt: Prompt):
+        """One engine call: (parsed or None, raw, error or None, cost) per row, in order."""
         msgs = [prompt.messages(r) for r in rows]
         started = time.perf_counter()
         try:
@@ -590,8 +631,8 @@ class LLMActor:
         except Exception as e:  # an engine failure on the batch: retry rows one by one
             if len(rows) == 1:
                 return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300],
-                         Usage(seconds=time.perf_counter() - started))]
-            return [r for row in rows for r in self._attempt([row], attempt, prompt)]
+                         Usage(seconds=time.perf_counter() - started, candidates=1))]
+            return [r for row, seed in zip(rows, seeds) for r in self._generate([row], [seed], sampling, prompt)]
         cost = self._cost(len(rows), started)
         results = []
         for row, raw, c in zip(rows, raws, cost):
@@ -698,14 +739,15 @@ class LLMActor:
                                       "reject_reason", "reject_detail", *COST_COLUMNS)}
         for i in range(n):
             obj, raw, err, attempts, cost = done[i]
-            for col, value in zip(COST_COLUMNS, (cost.prompt, cost.cached, cost.generated, round(cost.seconds, 4))):
+            for col, value in zip(COST_COLUMNS, (cost.prompt, cost.cached, cost.generated, round(cost.seconds, 4),
+                                                 cost.candidates, cost.tries)):
                 out_cols[col].append(value)
             out_cols[OUTPUT].append(None if err else json.dumps(obj, ensure_ascii=False))
             out_cols[RAW].append(raw)
             out_cols["stage"].append(self.stage)
             out_cols["prompt_id"].append(self.prompts.get(key(rows[i]), self.prompt).id)
             out_cols["model"].append(self.engine.name)
-            out_cols["seed"].append(self.cfg.seed + attempts - 1)
+            out_cols["seed"].append(self.cfg.seed + (cost.tries or attempts) - 1)  # the kept candidate's
             out_cols["attempts"].append(attempts)
             reason = None
             if err:

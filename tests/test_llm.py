@@ -100,6 +100,30 @@ def test_actor_check_failures_are_retried_and_named(monkeypatch):
     assert row["reject_reason"] == "off_topic" and row["attempts"] == 3
 
 
+def test_best_of_n_keeps_the_first_candidate_that_passes_and_records_its_index(monkeypatch):
+    class Recording(ReplayEngine):
+        def generate(self, messages, sampling, seeds, schema, prefix):
+            self.log.append((sampling.temperature, list(seeds)))
+            return super().generate(messages, sampling, seeds, schema, prefix)
+
+    good, bad = '{"question": "Is this one fine?"}', RECORDED["copy"]
+    engine = Recording({"first": [good, bad, bad], "third": [bad, bad, good], "none": [bad, bad, bad]})
+    engine.log = []
+    monkeypatch.setattr(llm_mod, "make_engine", lambda cfg: engine)
+    actor = LLMActor(LLMConfig(best_of=3, max_retries=0, seed=10, retry_temperature=0.9).model_dump(),
+                     "test/echo_question", "unit")
+    out = {r["text"]: r for r in actor(pa.table({"text": ["first", "third", "none"]})).to_pylist()}
+    # one greedy call for candidate 1 of every row, one sampled call for candidates 2..3
+    assert engine.log == [(0.0, [10, 10, 10]), (0.9, [11, 12, 11, 12, 11, 12])]
+    assert (out["first"]["llm_tries"], out["first"]["seed"]) == (1, 10)
+    assert (out["third"]["llm_tries"], out["third"]["seed"]) == (3, 12)
+    assert json.loads(out["third"]["llm_output"]) == {"question": "Is this one fine?"}
+    assert all(r["llm_candidates"] == 3 and r["attempts"] == 1 for r in out.values())
+    none = out["none"]
+    assert none["reject_reason"] == "unparsable_reply" and none["llm_tries"] == 3
+    assert "best of 3" in json.loads(none["reject_detail"])["error"]
+
+
 def test_actor_survives_engine_crash_per_row(monkeypatch):
     class Flaky(ReplayEngine):
         def generate(self, messages, sampling, seeds, schema, prefix):
@@ -278,3 +302,33 @@ def test_a_reply_cut_by_the_token_budget_is_truncated_not_unparsable(tiny_llm):
     assert row["llm_generated_tokens"] == 2 * 4
     prompt_tokens = len(actor.engine._prompt_ids(actor.prompt.messages({"text": "Bees make honey from nectar."}), ""))
     assert row["llm_prompt_tokens"] == 2 * prompt_tokens and row["llm_seconds"] > 0
+
+
+def test_llm_stage_accounts_for_best_of_n(ray_local, tiny_llm, tmp_path):
+    """Through the stage helper on a real (tiny) model: a check that refuses the greedy reply
+    makes every kept row take candidate 2; the manifest counts candidates and the tries."""
+    from pipelines.core.run import Run
+    from pipelines.registry import load_config
+    from pipelines.stages.stage import llm_stage, ray_from_arrow
+
+    texts = ["Bees make honey.", "Ice melts at zero degrees.", "Owls hunt at night."]
+    sets = ["llm.engine=transformers", f"llm.model={tiny_llm}", "llm.max_retries=0", "llm.num_cpus=1"]
+    greedy_actor = LLMActor(load_config(None, sets).llm.model_dump(), "test/echo_question", "unit")
+    greedy = {r["text"]: json.loads(r["llm_output"])["question"]
+              for r in greedy_actor(pa.table({"text": texts})).to_pylist()}
+
+    def check(row, reply):
+        if row["text"].startswith("Owls"):
+            return "always_bad: test"
+        return "greedy: refused" if reply["question"] == greedy[row["text"]] else None
+
+    cfg = load_config(None, [*sets, "llm.best_of=2"])
+    run = Run.open(tmp_path / "run", command="test", config={})
+    rows = pa.table({"key": ["a", "b", "c"], "text": texts})
+    llm_stage(run, cfg, "unit", [], lambda: ray_from_arrow(rows), "key", "test/echo_question", "unit_out", check=check)
+    (st,) = run.manifest["stages"]
+    assert st["in"] == 3 == st["out"] + sum(st["rejected"].values()) and st["rejected"] == {"always_bad": 1}
+    assert st["llm"]["candidates"] == 6 and st["llm"]["calls"] == 3
+    assert st["llm"]["tries"] == {"2": 2}
+    kept = run.read_arrow("unit_out").to_pylist()
+    assert all(json.loads(r["llm_output"])["question"] != greedy[r["text"]] for r in kept)

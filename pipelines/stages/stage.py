@@ -6,10 +6,12 @@ Every method builds its pipeline from these.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from actors.crash_journal import CrashJournal
 from actors.llm import COST_COLUMNS, llm_map
@@ -48,6 +50,8 @@ def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key
         if then is not None:
             ds = ds.map_batches(then, batch_format="pyarrow")
         rec.extra["llm"] = llm_cost(run.commit(rec, ds, table=table, totals=(*COST_COLUMNS, "attempts")), rec.in_)
+        if cfg.llm.best_of > 1:
+            rec.extra["llm"]["tries"] = tries_histogram(run, table)
         report_recoveries(run, rec)
 
 
@@ -58,8 +62,17 @@ def llm_cost(sums: dict, rows: int) -> dict:
     calls = int(sums["attempts"])
     return {"calls": calls, "retries": max(0, calls - rows), "prompt_tokens": int(sums["llm_prompt_tokens"]),
             "cached_prompt_tokens": int(sums["llm_cached_tokens"]),
-            "generated_tokens": int(sums["llm_generated_tokens"]), "seconds": round(sums["llm_seconds"], 2),
+            "generated_tokens": int(sums["llm_generated_tokens"]), "candidates": int(sums["llm_candidates"]),
+            "seconds": round(sums["llm_seconds"], 2),
             "seconds_per_row": round(sums["llm_seconds"] / rows, 3) if rows else 0.0}
+
+
+def tries_histogram(run: Run, table: str) -> dict[str, int]:
+    """Kept rows by the best-of-n candidate that was kept (1 = the first)."""
+    if not run.has(table) or "llm_tries" not in pads.dataset(run.path(table), format="parquet").schema.names:
+        return {}
+    col = run.read_arrow(table, columns=["llm_tries"]).column(0).to_pylist()
+    return {str(k): v for k, v in sorted(Counter(c for c in col if c).items())}
 
 
 def journal_dir(run: Run, stage: str) -> Path:
