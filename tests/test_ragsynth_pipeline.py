@@ -13,7 +13,7 @@ from pipelines.stages.citations import support
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 # The README's first command: the demo config (the full pipeline with small caps)
 CAPS = ["--config", str(CORPUS.parents[1] / "configs" / "demo.yaml")]
-STAGES = ["read", "chunk", "dedupe", "sentences", "ragsynth_clues", "ragsynth_qa", "ragsynth_cite", "ragsynth_ner",
+STAGES = ["read", "chunk", "dedupe", "sentences", "quality", "ragsynth_clues", "ragsynth_qa", "ragsynth_cite", "ragsynth_ner",
           "ragsynth_entities_llm", "ragsynth_entities", "ragsynth_bridges", "ragsynth_multihop",
           "ragsynth_multihop_cite", "ragsynth_single_doc_scores", "ragsynth_single_doc", "ragsynth_rewrite",
           "ragsynth_rewrite_scores", "ragsynth_rewrite_judge", "ragsynth_variants", "ragsynth_variant_build",

@@ -39,6 +39,7 @@ from pipelines.core.schema import (
 )
 from pipelines.querygen.config import DEFAULT_EXAMPLES, QUERY_TYPES, QuerygenConfig
 from pipelines.stages.index import index_run_chunks
+from pipelines.stages.quality import seed_chunks
 from pipelines.stages.stage import llm_stage
 
 
@@ -183,12 +184,12 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
     examples = load_examples(qg)
 
     def rows():  # sampled only when the stage runs, not when it is up to date
-        wanted = set(run.sample_keys("chunks", "chunk_id", limit, qg.sample_seed))
+        wanted = set(seed_chunks(run, limit, qg.sample_seed))
         passages = run.read("chunks", columns=["chunk_id", "text"]).filter(lambda r: r["chunk_id"] in wanted)
         return passages.map_batches(_generation_rows, fn_kwargs={"types": qg.query_types, "examples": examples},
                                     batch_format="pyarrow")
 
-    llm_stage(run, cfg, "querygen_generate", ["dedupe"], rows, "gen_key",
+    llm_stage(run, cfg, "querygen_generate", ["quality"], rows, "gen_key",
               {t: f"querygen/{t}" for t in qg.query_types}, "querygen_queries", prompt_key="query_type",
               check=check_query(qg.max_query_words), prepare=_parse_examples, then=_queries,
               extra_fp=(limit, qg.sample_seed, qg.query_types, examples, qg.max_query_words))

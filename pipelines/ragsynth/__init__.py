@@ -30,6 +30,7 @@ from pipelines.ragsynth import export
 from pipelines.ragsynth import multihop as mh
 from pipelines.ragsynth import singlehop as sh
 from pipelines.ragsynth import variants as var
+from pipelines.stages.quality import seed_chunks
 from pipelines.stages.stage import build_stage, llm_stage
 from pipelines.stages.stage import fingerprints as _fp
 
@@ -54,16 +55,14 @@ def clues_and_single_hop(run: Run, cfg: RunConfig, limit: int | None) -> None:
     rs = cfg.ragsynth
 
     def chunks():
-        ds = run.read("chunks")
-        if limit:
-            wanted = set(run.sample_keys("chunks", "chunk_id", limit, cfg.seed))
-            ds = ds.filter(lambda r: r["chunk_id"] in wanted)
+        wanted = set(seed_chunks(run, limit, cfg.seed))
+        ds = run.read("chunks").filter(lambda r: r["chunk_id"] in wanted)
         return ds.map_batches(sh.clue_inputs, batch_format="pyarrow",
                               fn_kwargs={"max_sentences": rs.max_sentences_per_chunk, "max_clues": rs.max_clues,
                                          "min_support": rs.min_support})
 
     clue_cfg = {k: getattr(rs, k) for k in ("max_clues", "min_support", "max_sentences_per_chunk")}
-    llm_stage(run, cfg, "ragsynth_clues", ["dedupe"], chunks, "chunk_id", "ragsynth/clues", "ragsynth_clues",
+    llm_stage(run, cfg, "ragsynth_clues", ["quality"], chunks, "chunk_id", "ragsynth/clues", "ragsynth_clues",
               check=sh.check_clues, extra_fp=(limit, cfg.seed, clue_cfg))
     if not rs.single_hop:
         return

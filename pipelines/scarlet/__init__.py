@@ -54,6 +54,7 @@ from pipelines.scarlet import attribution as attr
 from pipelines.scarlet.split import DegenerateUtilities, split_utilities
 from pipelines.scarlet.tasks import Task, load_pool, read_seeds
 from pipelines.stages.index import index_run_chunks
+from pipelines.stages.quality import seed_chunks
 from pipelines.stages.stage import build_stage, llm_stage, ray_from_arrow
 
 if TYPE_CHECKING:
@@ -144,11 +145,9 @@ def seeds(run: Run, cfg: RunConfig, pool: dict[str, Task], limit: int | None) ->
     per_chunk = names if sc.seed_tasks == "all" else None if sc.seed_tasks == "rotate" else list(sc.seed_tasks)
 
     def rows():
-        wanted = run.sample_keys("chunks", "chunk_id", limit, cfg.seed) if limit else None
+        order = {c: i for i, c in enumerate(seed_chunks(run, limit, cfg.seed))}
         t = run.read_arrow("chunks", columns=["chunk_id", "text"]).to_pylist()
-        order = {c: i for i, c in enumerate(wanted)} if wanted else None
-        if order is not None:
-            t = sorted((r for r in t if r["chunk_id"] in order), key=lambda r: order[r["chunk_id"]])
+        t = sorted((r for r in t if r["chunk_id"] in order), key=lambda r: order[r["chunk_id"]])
         out = []
         for i, r in enumerate(t):
             for name in per_chunk or [names[i % len(names)]]:
@@ -162,7 +161,7 @@ def seeds(run: Run, cfg: RunConfig, pool: dict[str, Task], limit: int | None) ->
     def then(batch: pa.Table) -> pa.Table:
         return _qa_rows(batch, ("seed_id", "task", "chunk_id", "source"), pool)
 
-    llm_stage(run, cfg, "scarlet_seeds", ["dedupe"], rows, "seed_id", "scarlet/seed", "scarlet_seeds",
+    llm_stage(run, cfg, "scarlet_seeds", ["quality"], rows, "seed_id", "scarlet/seed", "scarlet_seeds",
               check=check, then=then, extra_fp=(limit, cfg.seed, sc.seed_tasks, sorted(pool), sc.tasks_file))
 
 

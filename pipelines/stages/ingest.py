@@ -40,6 +40,8 @@ from pipelines.core.schema import (
     dumps,
     staging,
 )
+from pipelines.stages import quality
+from pipelines.stages.quality import QualityConfig
 
 TEXT_TYPES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html",
               ".htm": "html", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -66,6 +68,7 @@ class IngestConfig(BaseModel):
     max_candidates_per_fingerprint: int = 200
     chunker_concurrency: tuple[int, int] = (1, 2)
     limit_files: int | None = None
+    quality: QualityConfig = QualityConfig()  # which chunks the LLM stages see (stages/quality.py)
 
 
 # ----------------------------------------------------------------------------- discover + read
@@ -677,6 +680,20 @@ def ingest(run: Run, corpus: str | Path, cfg: IngestConfig) -> None:
             ds = run.read("chunks", columns=["chunk_id", "doc_id", "text", "char_start", "sentences", "sentence_spans"])
             run.commit(rec, ds.map_batches(_flatten_sentences, batch_format="pyarrow"), table="sentences",
                        schema=SENTENCES)
+    qc = cfg.quality
+    with run.stage("quality", run.stage_record("dedupe")["fingerprint"], qc.model_dump()) as rec:
+        if rec is not None:
+            if qc.enabled:
+                bp = quality.boilerplate_lines(run.read("documents"), qc)
+                rows = quality.score_chunks(run.read("chunks"), bp, qc)
+            else:
+                rows = run.read("chunks", columns=["chunk_id", "doc_id"]).map_batches(
+                    quality.unscored, batch_format="pyarrow")
+                bp = set()
+            run.commit(rec, rows, table="chunk_quality", schema=quality.QUALITY)
+            rec.extra["boilerplate_lines"] = len(bp)
+            if rec.rejected:
+                rec.extra["failed"] = dict(quality.reasons_summary(run.read_arrow("rejects/quality").to_pylist()))
 
 
 def stable_listing(tasks: list[dict]) -> str:
