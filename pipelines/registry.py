@@ -16,12 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from actors.llm import LLMConfig
 from pipelines.core.config import read_config
+from pipelines.prismrag import prismrag
+from pipelines.prismrag.config import PrismragConfig
 from pipelines.querygen import querygen
 from pipelines.querygen.config import QuerygenConfig
 from pipelines.ragsynth import ragsynth
 from pipelines.ragsynth.config import RagsynthConfig
 from pipelines.scarlet import scarlet
 from pipelines.scarlet.config import ScarletConfig
+from pipelines.source2synth import source2synth
+from pipelines.source2synth.config import Source2SynthConfig
 from pipelines.stages.ingest import IngestConfig
 
 
@@ -38,6 +42,9 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ragsynth", ragsynth, RagsynthConfig,
            "RAGSynth: single- and multi-hop QA citing source sentences, rewrites, completeness variants, exports."),
+    Method("prismrag", prismrag, PrismragConfig,
+           "PrismRAG: seed QA, distractor passages with a critique loop, strategized reasoning with a regeneration budget, SFT records.",
+           "Cap the golden references (chunks; with prismrag.seed_qa.chunks_per_reference > 1, documents)."),
     Method("querygen", querygen, QuerygenConfig,
            "Query distillation: six query types per passage, retriever + teacher filtering, scored lists.",
            "Sample up to N passages after ingest and dedupe."),
@@ -47,6 +54,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "Cap the seeds: corpus passages (or lines of --seeds).",
            {"--seeds": "scarlet.seeds_file", "--tasks": "scarlet.tasks_file", "--kg": "scarlet.kg.kind",
             "--sparql-url": "scarlet.kg.sparql_url", "--target": "scarlet.target", "--split": "scarlet.split"}),
+    Method("source2synth", source2synth, Source2SynthConfig,
+           "Source2Synth: seeded 2-hop QA from documents, table QA with executed SQL, curated by a model tuned on half.",
+           "Cap the doc-A chunks seeded and the tables seeded (each).",
+           {"--tables": "source2synth.tables", "--curate": "source2synth.curation.enabled"}),
 ]}
 
 

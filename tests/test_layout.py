@@ -19,7 +19,7 @@ LAYERS = [
     ["pipelines.exports"],
     ["pipelines.eval"],
     ["pipelines.report"],
-    ["pipelines.ragsynth", "pipelines.querygen", "pipelines.scarlet", "pipelines.source2synth"],  # the methods
+    ["pipelines.ragsynth", "pipelines.querygen", "pipelines.prismrag", "pipelines.scarlet", "pipelines.source2synth"],  # the methods
     ["pipelines.registry"],
     ["pipelines.cli"],
 ]
