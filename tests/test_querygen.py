@@ -53,11 +53,11 @@ def test_examples_file_is_validated(tmp_path):
         load_examples(QuerygenConfig(examples_file=str(bad)))
 
 
-# A small run: N = 6 passages of ~100 tokens (of 20 SciFact abstracts, ~90 chunks) x 3 query types, lists of
-# K = 10 candidates (the method's 20 is the default); the teacher scores every query against its K
-# candidates, so the LLM work is 18 generations + up to 180 scorings (and >= 2 lists survive to train on).
-N, K = 6, 10  # passages, candidates per list
-SMALL = ["--set", "querygen.query_types=[question,keywords,title]", "--set", "llm.batch_size=8",
+# A small run: N = 5 passages of ~100 tokens (of 20 SciFact abstracts, ~90 chunks) x 2 query types, lists of
+# K = 8 candidates (the method's 20 is the default); the teacher scores every query against its K
+# candidates, so the LLM work is 10 generations + up to 80 scorings.
+N, K = 5, 8  # passages, candidates per list
+SMALL = ["--set", "querygen.query_types=[question,keywords]", "--set", "llm.batch_size=8",
          "--set", f"querygen.top_k={K}", "--set", "ingest.chunk_tokens=100"]
 
 
@@ -79,11 +79,11 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
     for s in stages.values():
         assert s["in"] == s["out"] + sum(s["rejected"].values()), s
     gen, filt = stages["querygen_generate"], stages["querygen_filter"]
-    assert gen["in"] == N * 3
+    assert gen["in"] == N * 2
     assert filt["in"] == gen["out"]
     assert set(filt["rejected"]) <= {f"source_not_in_top{K}", "teacher_prefers_other"}
     by_type = filt["by_type"]
-    assert set(by_type) <= {"question", "keywords", "title"}
+    assert set(by_type) <= {"question", "keywords"}
     assert sum(d["generated"] for d in by_type.values()) == gen["in"]
     assert sum(d["kept"] for d in by_type.values()) == filt["out"]
 

@@ -86,10 +86,12 @@ def test_a_stage_without_row_resume_does_not_commit_staged_rows_twice(ray_local,
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_without_duplicates(tmp_path):
+def test_killed_driver_resumes_without_duplicates(tiny_llm, tmp_path):
+    # the tiny random model (tests/conftest.py): the mechanics are the subject, not the replies
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "ragsynth", "--corpus", str(REPO / "examples" / "corpus"),
            "--out", str(out), "--limit", "4", "--set", "llm.batch_size=1", "--set", "llm.max_retries=0",
+           "--set", "llm.engine=transformers", "--set", f"llm.model={tiny_llm}",
            "--set", "ragsynth.multihop.enabled=false", "--set", "ragsynth.rewrites.enabled=false",
            "--set", "ragsynth.variants.enabled=false", "--set", "ragsynth.export.lists=false"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SYNTHRAG_PROGRESS": "0"}
@@ -102,7 +104,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if staging.is_dir() and len(list(staging.glob("*.parquet"))) >= 2:
                 break
-            time.sleep(0.5)
+            time.sleep(0.05)
         assert proc.poll() is None, "the run finished before it could be interrupted"
         assert len(list(staging.glob("*.parquet"))) >= 2, "no rows were written mid-stage"
     finally:
