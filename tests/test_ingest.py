@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
@@ -55,8 +56,17 @@ def test_clean_text_and_html():
     assert looks_binary(bytes(range(256)) * 4) and not looks_binary("plain text\n".encode())
 
 
-def test_dedupe_marks_exact_and_contained_chunks_and_nothing_else(ray_local):
+def _rows_of(out) -> list[dict]:
+    return out.to_pylist() if isinstance(out, pa.Table) else out.take_all()
+
+
+# the driver path (small inputs: one Arrow table) and the Ray Data path (shuffles, a distributed
+# join) must give the same verdicts
+@pytest.mark.parametrize("driver_max_rows", [10_000, 0], ids=["driver", "ray_data"])
+def test_dedupe_marks_exact_and_contained_chunks_and_nothing_else(ray_local, driver_max_rows):
     import ray
+
+    dedupe = lambda ds, cfg, n: _rows_of(dedupe_chunks(ds, cfg, n, driver_max_rows))  # noqa: E731
 
     rng = random.Random(3)
     vocab = [f"w{i}" for i in range(400)]
@@ -74,7 +84,7 @@ def test_dedupe_marks_exact_and_contained_chunks_and_nothing_else(ray_local):
     }
     rows = [{"chunk_id": cid, "text": " ".join(w).upper() + ".", "norm": " ".join(w)} for cid, w in texts.items()]
     ds = ray.data.from_items(rows, override_num_blocks=4)
-    out = {r["chunk_id"]: r for r in dedupe_chunks(ds, IngestConfig(), len(rows)).take_all()}
+    out = {r["chunk_id"]: r for r in dedupe(ds, IngestConfig(), len(rows))}
     assert sorted(out) == sorted(texts)  # every row comes back exactly once
     assert "norm" not in out["d0#c0"] and out["d0#c0"]["text"].startswith("W")
     verdicts = {cid: (r["reject_reason"], json.loads(r["reject_detail"]) if r["reject_detail"] else None)
@@ -85,9 +95,9 @@ def test_dedupe_marks_exact_and_contained_chunks_and_nothing_else(ray_local):
         "d3#c0": ("contained_in_other_chunk", {"contained_in": "d0#c0"}),
         "d5#c0": ("contained_in_other_chunk", {"contained_in": "d4#c0"}),
     }
-    assert all(r["reject_reason"] is None for r in dedupe_chunks(ds, IngestConfig(dedupe=False), len(rows)).take_all())
+    assert all(r["reject_reason"] is None for r in dedupe(ds, IngestConfig(dedupe=False), len(rows)))
     unique = ray.data.from_items([r for r in rows if r["chunk_id"] in ("d0#c0", "d4#c0", "d8#c0")])
-    out = dedupe_chunks(unique, IngestConfig(), 3).take_all()  # no verdict at all: columns still there
+    out = dedupe(unique, IngestConfig(), 3)  # no verdict at all: columns still there
     assert len(out) == 3 and all(r["reject_reason"] is None and r["reject_detail"] is None for r in out)
 
 

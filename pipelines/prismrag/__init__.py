@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from pipelines.core.groups import group_map
 from pipelines.core.run import KEEP, Run
 from pipelines.core.schema import EXAMPLES, staging
 from pipelines.prismrag import distractor as dist
@@ -103,7 +104,8 @@ def _select(run: Run, tables: list[str], fn, **kwargs):
     if not parts:
         return staging(EXAMPLES).empty_table()
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return ds.groupby("seed_id").map_groups(fn, fn_kwargs=kwargs, batch_format="pyarrow")
+    return group_map(ds, "seed_id", fn, n_rows=sum(run.count(t) for t in tables), schema=staging(EXAMPLES),
+                     fn_kwargs=kwargs)
 
 
 # ----------------------------------------------------------------------------- §4.1 seed QA
@@ -122,7 +124,7 @@ def seed_qa(run: Run, cfg: RunConfig, limit: int | None) -> None:
         if limit:
             wanted = set(run.sample_keys("documents", "doc_id", limit, cfg.seed))
             ds = ds.filter(lambda r: r["doc_id"] in wanted)
-        return ds.groupby("doc_id").map_groups(sq.reference_rows, batch_format="pyarrow", fn_kwargs=kwargs)
+        return group_map(ds, "doc_id", sq.reference_rows, n_rows=run.count("chunks"), fn_kwargs=kwargs)
 
     llm_stage(run, cfg, "prismrag_seed_qa", ["quality"], references, "seed_id", "prismrag/seed_qa", "prismrag_seeds",
               check=sq.check_seed, then=sq.seed_columns,

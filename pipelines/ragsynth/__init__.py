@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import pyarrow as pa
 
 from actors.llm import llm_map
+from pipelines.core.groups import group_map
 from pipelines.core.run import KEEP, Run
 from pipelines.core.schema import EXAMPLES, RETRIEVAL_LISTS, stable_id, staging
 from pipelines.ragsynth import export
@@ -170,9 +171,10 @@ def _drop_contexts(b: pa.Table) -> pa.Table:
 
 
 def _grouped(run: Run, table: str, key: str, fn: Callable, **kwargs):
-    if not run.count(table):
+    n = run.count(table)
+    if not n:
         return _empty_examples()
-    return run.read(table).groupby(key).map_groups(fn, fn_kwargs=kwargs, batch_format="pyarrow")
+    return group_map(run.read(table), key, fn, n_rows=n, fn_kwargs=kwargs)
 
 
 def _clues(run: Run, cfg: RunConfig) -> list[dict]:

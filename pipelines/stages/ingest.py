@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.core.groups import DRIVER_MAX_ROWS, apply_groups, partitions, to_table
 from pipelines.core.run import Run
 from pipelines.core.schema import (
     CHUNKS,
@@ -469,11 +470,6 @@ def winnow(words: list[str], n: int, w: int) -> set[int]:
     return set(windows.min(axis=1).tolist())
 
 
-def _partitions(n_rows: int) -> int:
-    """Shuffle partitions scale with the data (many tiny partitions cost minutes on small inputs)."""
-    return max(1, min(200, n_rows // 50_000 + 1))
-
-
 def _hash_rows(batch: pa.Table) -> pa.Table:
     norms = batch.column("norm").to_pylist()
     return batch.append_column("h", pa.array([_h64(x) for x in norms], pa.int64()))
@@ -567,6 +563,9 @@ def _as_pair_text(batch: pa.Table) -> pa.Table:
                      "n_a": pa.nulls(n, pa.int32()), "norm": batch.column("norm")}, schema=_PAIRS)
 
 
+_CONTAINED = pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
 def _verify(group: pa.Table) -> pa.Table:
     """Rows for one chunk b: its text, and candidates a (hash, length). Keep the a occurring in b.
 
@@ -588,7 +587,7 @@ def _verify(group: pa.Table) -> pa.Table:
             if h in windows[n]:
                 a_ids.append(a)
                 b_ids.append(b)
-    return pa.table({"a": pa.array(a_ids, pa.string()), "b": pa.array(b_ids, pa.string())})
+    return pa.table({"a": pa.array(a_ids, pa.string()), "b": pa.array(b_ids, pa.string())}, schema=_CONTAINED)
 
 
 def _first_container(group: pa.Table) -> pa.Table:
@@ -605,7 +604,7 @@ def find_duplicates(chunks, cfg: IngestConfig, n_rows: int):
     occurs, at word boundaries, inside a longer chunk's (candidates from shared winnowing anchors,
     verified by hashing the longer chunk's word windows; the smallest containing id is named).
     """
-    n_parts = _partitions(n_rows)
+    n_parts = partitions(n_rows)
     keyed = chunks.select_columns(["chunk_id", "norm"]).map_batches(_hash_rows, batch_format="pyarrow")
     exact = (keyed.select_columns(["chunk_id", "h"]).groupby("h", num_partitions=n_parts)
              .map_groups(_first_of_group, batch_format="pyarrow"))
@@ -620,6 +619,18 @@ def find_duplicates(chunks, cfg: IngestConfig, n_rows: int):
     return exact.union(contained)
 
 
+def find_duplicates_on_driver(chunks: pa.Table, cfg: IngestConfig) -> pa.Table:
+    """:func:`find_duplicates` over one Arrow table in this process: the same group functions,
+    grouped by :func:`apply_groups` instead of four Ray Data shuffles (seconds each)."""
+    keyed = _hash_rows(chunks.select(["chunk_id", "norm"]))
+    exact = apply_groups(keyed.select(["chunk_id", "h"]), "h", _first_of_group, _VERDICTS)
+    prints = _fingerprint_rows(keyed, cfg.shingle_words, cfg.winnow_window)
+    pairs = apply_groups(prints, "fp", _candidate_pairs, _PAIRS, cap=cfg.max_candidates_per_fingerprint)
+    found = apply_groups(pa.concat_tables([pairs, _as_pair_text(keyed)]), "b", _verify, _CONTAINED)
+    contained = apply_groups(found, "a", _first_container, _VERDICTS)
+    return pa.concat_tables([exact, contained])
+
+
 def _with_reject_columns(batch: pa.Table) -> pa.Table:
     """Null reject columns where the join had no verdict to bring (none at all: no columns)."""
     for c in (REJECT_REASON, REJECT_DETAIL):
@@ -628,11 +639,25 @@ def _with_reject_columns(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def dedupe_chunks(chunks, cfg: IngestConfig, n_rows: int):
-    """chunks_raw → chunks with reject columns set on duplicates (a left join with the verdicts)."""
+def dedupe_chunks(chunks, cfg: IngestConfig, n_rows: int, driver_max_rows: int = DRIVER_MAX_ROWS):
+    """chunks_raw → chunks with reject columns set on duplicates (a left join with the verdicts).
+
+    Up to ``driver_max_rows`` chunks this runs on the driver and returns an Arrow table; above it,
+    a lazy Ray dataset (shuffles and a distributed join). Both give the same verdicts (tested).
+    """
+    if n_rows <= driver_max_rows:
+        table = to_table(chunks)
+        if table.num_rows == 0:
+            return chunks.drop_columns(["norm"]).map_batches(_with_reject_columns, batch_format="pyarrow")
+        verdicts = find_duplicates_on_driver(table, cfg) if cfg.dedupe else _VERDICTS.empty_table()
+        found = {c: (r, d) for c, r, d in zip(*(verdicts.column(k).to_pylist() for k in _VERDICTS.names))}
+        got = [found.get(c, (None, None)) for c in table.column("chunk_id").to_pylist()]
+        return (table.drop_columns(["norm"])
+                .append_column(REJECT_REASON, pa.array([g[0] for g in got], pa.string()))
+                .append_column(REJECT_DETAIL, pa.array([g[1] for g in got], pa.string())))
     rows = chunks.drop_columns(["norm"])
     if cfg.dedupe:
-        rows = rows.join(find_duplicates(chunks, cfg, n_rows), "left_outer", _partitions(n_rows), on=("chunk_id",))
+        rows = rows.join(find_duplicates(chunks, cfg, n_rows), "left_outer", partitions(n_rows), on=("chunk_id",))
     return rows.map_batches(_with_reject_columns, batch_format="pyarrow")
 
 
@@ -684,7 +709,7 @@ def ingest(run: Run, corpus: str | Path, cfg: IngestConfig) -> None:
     with run.stage("quality", run.stage_record("dedupe")["fingerprint"], qc.model_dump()) as rec:
         if rec is not None:
             if qc.enabled:
-                bp = quality.boilerplate_lines(run.read("documents"), qc)
+                bp = quality.boilerplate_lines(run.read("documents"), qc, run.count("documents"))
                 rows = quality.score_chunks(run.read("chunks"), bp, qc)
             else:
                 rows = run.read("chunks", columns=["chunk_id", "doc_id"]).map_batches(

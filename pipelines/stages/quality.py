@@ -29,8 +29,10 @@ import re
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.core.groups import DRIVER_MAX_ROWS, partitions, to_table
 from pipelines.core.schema import REJECT_DETAIL, REJECT_REASON, stable_id
 
 QUALITY = pa.schema([pa.field("chunk_id", pa.string(), nullable=False), pa.field("doc_id", pa.string(), nullable=False),
@@ -117,11 +119,19 @@ def _doc_lines(batch: pa.Table, min_chars: int) -> pa.Table:
     return pa.table({"line": pa.array(keys, pa.int64()), "doc_id": pa.array(docs, pa.string())})
 
 
-def boilerplate_lines(documents, cfg: QualityConfig) -> set[int]:
-    """Hashes of the lines found in at least ``boilerplate_min_docs`` documents (Ray Data groupby)."""
+def boilerplate_lines(documents, cfg: QualityConfig, n_docs: int) -> set[int]:
+    """Hashes of the lines found in at least ``boilerplate_min_docs`` documents: counted on the
+    driver for a small corpus, with a Ray Data groupby for a large one (see ``pipelines.core.groups``)."""
     pairs = documents.select_columns(["doc_id", "text"]).map_batches(
         _doc_lines, batch_format="pyarrow", fn_kwargs={"min_chars": cfg.boilerplate_min_chars})
-    counts = pairs.groupby("line").count()
+    if n_docs <= DRIVER_MAX_ROWS:
+        table = to_table(pairs)
+        if not table.num_rows:
+            return set()
+        counts = table.group_by("line").aggregate([("doc_id", "count")])
+        common = counts.filter(pc.field("doc_id_count") >= cfg.boilerplate_min_docs)
+        return set(common.column("line").to_pylist())
+    counts = pairs.groupby("line", num_partitions=partitions(n_docs)).count()
     common = counts.filter(lambda r: r["count()"] >= cfg.boilerplate_min_docs)
     return {int(r["line"]) for r in common.iter_rows()}
 

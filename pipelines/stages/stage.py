@@ -27,7 +27,7 @@ def fingerprints(run: Run, *names: str) -> list[str]:
 def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key: str,
               prompt, table: str, *, check=None, prompt_key: str | None = None, extra_fp: tuple = (),
               then: Callable[[pa.Table], pa.Table] | None = None, prepare: Callable | None = None) -> None:
-    """An LLM stage: ``rows()`` gives the prepared input dataset; rows already written by an
+    """An LLM stage: ``rows()`` gives the prepared input (a Ray dataset or an Arrow table); rows already written by an
     interrupted run of the same stage are skipped (``key``); replies (or rejects) go to ``table``.
 
     ``prepare`` maps the rows left to do (after the resume) before the LLM; ``then`` maps the
@@ -36,7 +36,8 @@ def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key
     with run.stage(name, *fingerprints(run, *upstream), *extra_fp, cfg.llm.fingerprint(), cfg.prompts_dir) as rec:
         if rec is None:
             return
-        ds = run.resume(rec, rows(), key)
+        src = rows()
+        ds = run.resume(rec, ray_from_arrow(src) if isinstance(src, pa.Table) else src, key)
         if prepare is not None:
             ds = ds.map_batches(prepare, batch_format="pyarrow")
         n = ds.count()
