@@ -43,14 +43,87 @@ def test_query_checks():
     assert check(row, {"query": "why do pumps fail?"}).startswith("copied_example")
 
 
-def test_examples_file_is_validated(tmp_path):
-    ex = load_examples(QuerygenConfig(user_examples=["cheap pump seal kit"]))
-    assert ex["question"] and ex["user_style"] == [{"passage": "(a passage)", "query": "cheap pump seal kit"}]
-    assert load_examples(QuerygenConfig())["user_style"] == []  # zero-shot
+def test_shipped_examples_cover_every_type_with_one_to_three_pairs():
+    import yaml
+
+    from pipelines.querygen.config import DEFAULT_EXAMPLES, QUERY_TYPES
+
+    data = yaml.safe_load(DEFAULT_EXAMPLES.read_text())
+    assert set(data) == set(QUERY_TYPES)
+    for t in QUERY_TYPES:
+        assert 1 <= len(data[t]) <= 3, t
+        for ex in data[t]:
+            assert set(ex) == {"passage", "query"} and ex["passage"].strip() and ex["query"].strip(), (t, ex)
+            assert len(ex["query"].split()) < 20 and len(ex["passage"].split()) <= 60, (t, ex)
+    assert all(ex["query"] == ex["query"].lower() for ex in data["user_style"])  # typed like a user
+    assert load_examples(QuerygenConfig()) == {t: data[t] for t in QUERY_TYPES}  # user_style is few-shot too
+
+
+@pytest.mark.parametrize("query_type", ["web_search", "question", "claim", "title", "keywords", "user_style"])
+def test_every_prompt_renders_its_examples(query_type):
+    """The stage's own path: rows carry the type's examples as JSON, the prompt renders each pair."""
+    import pyarrow as pa
+
+    import prompts
+    from pipelines.querygen import _generation_rows, _parse_examples
+
+    examples = load_examples(QuerygenConfig())  # user_examples empty: user_style still gets the file's
+    batch = pa.Table.from_pylist([{"chunk_id": "c1", "text": "A passage about pumps."}])
+    row = _parse_examples(_generation_rows(batch, [query_type], examples)).to_pylist()[0]
+    user = prompts.load(f"querygen/{query_type}").messages(row)[-1]["content"]
+    assert row["examples"] and row["examples"] == examples[query_type]
+    for ex in examples[query_type]:
+        assert f"Passage: {ex['passage']}\nQuery: {ex['query']}" in user
+    assert user.rstrip().endswith('Passage: A passage about pumps.\nReply as JSON: {"query": "..."}')
+
+
+def test_user_examples_replace_the_files_user_style():
+    import prompts
+
+    ex = load_examples(QuerygenConfig(user_examples=["cheap pump seal kit",
+                                                     {"passage": "Seals wear out.", "query": "pump seal wear"}]))
+    assert ex["user_style"] == [{"passage": "(a passage)", "query": "cheap pump seal kit"},
+                                {"passage": "Seals wear out.", "query": "pump seal wear"}]
+    assert ex["question"] == load_examples(QuerygenConfig())["question"]  # the other types keep the file's
+    user = prompts.load("querygen/user_style").messages({"text": "x", "examples": ex["user_style"]})[-1]["content"]
+    assert "Query: cheap pump seal kit" in user and "can dogs eat grapes" not in user
+    with pytest.raises(ValueError, match=r"user_examples\[0\].*`query` must be non-empty"):
+        load_examples(QuerygenConfig(user_examples=["  "]))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("question: [just a string]\n", r"'question' example 1: expected a mapping"),
+    ("question:\n  - passage: p\n", r"'question' example 1: missing `query`"),
+    ("question:\n  - query: q\n", r"'question' example 1: missing `passage`"),
+    ("question:\n  - {passage: p, query: ''}\n", r"'question' example 1: `query` must be non-empty"),
+    ("question:\n  - {passage: p, querry: q, query: q}\n", r"'question' example 1: unknown key\(s\) \['querry'\]"),
+    ("question: {passage: p, query: q}\n", r"examples for 'question' must be a list"),
+    ("question:\n  - {passage: p, query: q}\nquestions:\n  - {passage: p, query: q}\n",
+     r"unknown query type\(s\) \['questions'\]"),
+    ("question:\n  - {passage: p, query: q}\nclaim: []\n", r"query type 'claim' has no examples"),
+    ("question:\n  - {passage: p, query: q}\n", r"query type 'claim' has no examples"),
+    ("question:\n  - {passage: p, query: " + "w " * 20 + "}\n", r"'question' example 1: the query has 20 words"),
+    ("- just a list\n", r"expected a mapping of query type"),
+])
+def test_a_bad_examples_file_is_named_with_its_type(tmp_path, text, match):
     bad = tmp_path / "ex.yaml"
-    bad.write_text("question: [just a string]\n")
-    with pytest.raises(ValueError, match="question"):
-        load_examples(QuerygenConfig(examples_file=str(bad)))
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        load_examples(QuerygenConfig(examples_file=str(bad), query_types=["question", "claim"]))
+    assert str(bad) in str(err.value)
+
+
+def test_a_domain_examples_file_needs_only_the_requested_types(tmp_path):
+    f = tmp_path / "ex.yaml"
+    f.write_text("claim:\n  - {passage: 'Pumps need priming.', query: 'Pumps must be primed.'}\n")
+    cfg = QuerygenConfig(examples_file=str(f), query_types=["claim"])
+    assert load_examples(cfg) == {"claim": [{"passage": "Pumps need priming.", "query": "Pumps must be primed."}]}
+    with pytest.raises(ValueError, match=r"'user_style' has no examples.*user_examples"):
+        load_examples(cfg.model_copy(update={"query_types": ["claim", "user_style"]}))
+    assert load_examples(QuerygenConfig(examples_file=str(f), query_types=["claim", "user_style"],
+                                        user_examples=["pump priming how"]))["user_style"][0]["query"] == "pump priming how"
+    with pytest.raises(ValueError, match="is not a file"):
+        load_examples(QuerygenConfig(examples_file=str(tmp_path / "missing.yaml")))
 
 
 # A small run: N = 5 passages of ~100 tokens (of 20 SciFact abstracts, ~90 chunks) x 2 query types, lists of

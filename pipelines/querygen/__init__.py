@@ -3,7 +3,8 @@
 Read top to bottom like the paper's figure:
 
     chunks ──sample──▶ N passages
-           ──generate─▶ six query types per passage (an LLM; queries under 20 words)
+           ──generate─▶ six query types per passage (an LLM shown up to 3 examples of each type;
+                        queries under 20 words)
            ──filter───▶ keep a query if its passage is in the retriever's top 20,
                         then only if the teacher ranks that passage first among those 20
            ──lists────▶ 20 candidates per query with teacher scores, min-max normalised on the
@@ -45,18 +46,62 @@ from pipelines.stages.stage import llm_stage
 
 # ----------------------------------------------------------------------------- sample + generate
 def load_examples(cfg: QuerygenConfig) -> dict[str, list[dict]]:
+    """The few-shot passage-query pairs of each type in ``cfg.query_types`` (the paper gives up to 3 per
+    type), from ``cfg.examples_file`` (default prompts/querygen/examples.yaml), checked here so a bad file
+    fails before any LLM work: a type the method does not know, a requested type with no examples, or an
+    example that is not a ``{passage, query}`` of non-empty text with the query under
+    ``max_query_words`` words is a ``ValueError`` naming the file and the type. ``cfg.user_examples``,
+    when given, replace the file's ``user_style`` examples (a bare query gets the passage "(a passage)")."""
     path = Path(cfg.examples_file) if cfg.examples_file else DEFAULT_EXAMPLES
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ValueError(f"querygen.examples_file: {path} is not a file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of query type -> list of {{passage, query}}")
+    unknown = sorted(str(t) for t in data if t not in QUERY_TYPES)
+    if unknown:
+        raise ValueError(f"{path}: unknown query type(s) {unknown}; known: {QUERY_TYPES}")
+    given = {}
+    for t, exs in data.items():
+        if exs is not None and not isinstance(exs, list):
+            raise ValueError(f"{path}: examples for {t!r} must be a list of {{passage, query}}")
+        given[t] = [_example(f"{path}: {t!r} example {i}", ex, cfg.max_query_words)
+                    for i, ex in enumerate(exs or [], 1)]
+    if cfg.user_examples:
+        given["user_style"] = [_example(f"querygen.user_examples[{i}]",
+                                        {"passage": "(a passage)", "query": ex} if isinstance(ex, str) else ex,
+                                        cfg.max_query_words)
+                               for i, ex in enumerate(cfg.user_examples)]
     out = {}
     for t in cfg.query_types:
-        exs = data.get(t, [])
-        if not all(isinstance(e, dict) and {"passage", "query"} <= set(e) for e in exs):
-            raise ValueError(f"{path}: examples for {t!r} must be a list of {{passage, query}}")
-        out[t] = exs
-    out["user_style"] = [{"passage": "(a passage)", "query": q} for q in cfg.user_examples]
+        if not given.get(t):
+            hint = " (or set querygen.user_examples)" if t == "user_style" else ""
+            raise ValueError(f"{path}: query type {t!r} has no examples; give 1 to 3 passage-query pairs{hint}")
+        out[t] = given[t]
     return out
+
+
+def _example(where: str, ex, max_words: int) -> dict[str, str]:
+    if not isinstance(ex, dict):
+        raise ValueError(f"{where}: expected a mapping with `passage` and `query`, got {ex!r}")
+    missing = [k for k in ("passage", "query") if k not in ex]
+    if missing:
+        raise ValueError(f"{where}: missing {' and '.join(f'`{k}`' for k in missing)}")
+    extra = sorted(str(k) for k in ex if k not in ("passage", "query"))
+    if extra:
+        raise ValueError(f"{where}: unknown key(s) {extra}; an example has `passage` and `query`")
+    for k in ("passage", "query"):
+        if not isinstance(ex[k], str) or not ex[k].strip():
+            raise ValueError(f"{where}: `{k}` must be non-empty text")
+    n = len(ex["query"].split())
+    if n >= max_words:
+        raise ValueError(f"{where}: the query has {n} words; queries must be under {max_words} "
+                         "(querygen.max_query_words)")
+    return {"passage": ex["passage"].strip(), "query": ex["query"].strip()}
 
 
 def _generation_rows(batch: pa.Table, types: list[str], examples: dict) -> pa.Table:

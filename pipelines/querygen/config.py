@@ -35,8 +35,10 @@ class QuerygenConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     query_types: list[str] = Field(default_factory=lambda: list(QUERY_TYPES))
-    examples_file: str | None = None  # few-shot examples per type; default prompts/querygen/examples.yaml
-    user_examples: list[str] = Field(default_factory=list)  # for `user_style`; zero-shot when empty
+    # few-shot passage-query pairs, 1 to 3 for each type; default prompts/querygen/examples.yaml (all six types)
+    examples_file: str | None = None
+    # your users' queries (or {passage, query} pairs): when given they replace the file's `user_style` examples
+    user_examples: list[str | dict[str, str]] = Field(default_factory=list)
     max_query_words: int = Field(20, ge=1)  # queries must be shorter than this
     top_k: int = Field(20, ge=2)  # filter rule 1 depth, and the number of candidates per list
     false_negative_fraction: float = Field(0.6, gt=0, le=1)
