@@ -20,18 +20,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def answer_files(run: Path, folder: Path) -> dict[str, Path]:
-    """reference (the run's own), empty, and other-question (each example gets the next one's answer)."""
+    """reference (the run's own), empty, and other-question: each example gets the answer (and
+    citations) of the next example that rests on a different base question (``variant_of``)."""
+    import pyarrow.dataset as pads
+
     ref_path = run / "exports" / "ragsynth_reference_answers.jsonl"
     refs = [json.loads(x) for x in ref_path.read_text().splitlines() if x.strip()]
+    roots = {r["example_id"]: r["variant_of"] or r["example_id"] for r in pads.dataset(
+        run / "examples", format="parquet").to_table(columns=["example_id", "variant_of"]).to_pylist()}
     empty, other = folder / "empty.jsonl", folder / "other_question.jsonl"
     with open(empty, "w") as f:
         for r in refs:
             f.write(json.dumps({"example_id": r["example_id"], "answer": "", "citations": []}) + "\n")
     with open(other, "w") as f:
         for i, r in enumerate(refs):
-            donor = refs[(i + 1) % len(refs)]
-            f.write(json.dumps({"example_id": r["example_id"], "answer": donor["answer"],
-                                "citations": donor["citations"]}) + "\n")
+            donors = [d for d in refs[i + 1:] + refs[:i] if roots.get(d["example_id"]) != roots.get(r["example_id"])]
+            if donors:
+                f.write(json.dumps({"example_id": r["example_id"], "answer": donors[0]["answer"],
+                                    "citations": donors[0]["citations"]}) + "\n")
     return {"reference": ref_path, "empty": empty, "other_question": other}
 
 
