@@ -420,6 +420,18 @@ def _section(warnings: list[str], name: str, fn, default):
         return default
 
 
+def csg_tables(run: Path) -> list[tuple[str, str, dict]]:
+    """``synthrag eval generator`` results saved in ``RUN/evals/``: CSG per completeness level."""
+    out = []
+    for path in sorted((run / "evals").glob("csg_*.json")):
+        s = json.loads(path.read_text())
+        levels = {"all": s, **(s.get("by_level") or {})}
+        cols = ("examples", "c_comp", "c_under", "c_cite", "csg")
+        out.append((f"CSG of {Path(s.get('answers') or path.stem).name} ({s.get('judge')} judge)", "level",
+                    {k: {c: v.get(c) for c in cols} for k, v in levels.items()}))
+    return out
+
+
 def build_context(run: Path, cfg: ReportConfig) -> dict:
     run = Path(run)
     mpath = run / "manifest.json"
@@ -440,8 +452,9 @@ def build_context(run: Path, cfg: ReportConfig) -> dict:
         "examples": _section(warnings, "examples",
                              lambda: examples_with_sources(tables, cfg), []),
         "rejects": _section(warnings, "rejects", lambda: reject_samples(run, cfg), {}),
-        "evaluations": [(s["name"], s["metrics"]) for s in stages
-                        if isinstance(s.get("metrics"), dict) and all(isinstance(v, dict) for v in s["metrics"].values())],
+        "evaluations": [(s["name"], "model", s["metrics"]) for s in stages
+                        if isinstance(s.get("metrics"), dict) and all(isinstance(v, dict) for v in s["metrics"].values())]
+                       + _section(warnings, "generator evaluations", lambda: csg_tables(run), []),
         "config_json": json.dumps(manifest.get("config", {}), indent=2, default=str),
         "fmt_seconds": _fmt_seconds,
         "warnings": warnings,
@@ -554,10 +567,10 @@ TEMPLATE = """<!DOCTYPE html>
     <div class="kpi"><div class="v">{{ "{:,}".format(n) }}</div><div class="k">{{ name }}</div></div>
     {% endfor %}
   </div>
-  {% for stage, models in evaluations %}
+  {% for stage, row_label, models in evaluations %}
   <h3>{{ stage }}</h3>
   {% set keys = (models.values()|first).keys()|list %}
-  <table><tr><th>model</th>{% for k in keys %}<th class="num">{{ k }}</th>{% endfor %}</tr>
+  <table><tr><th>{{ row_label }}</th>{% for k in keys %}<th class="num">{{ k }}</th>{% endfor %}</tr>
   {% for name, m in models.items() %}<tr><td>{{ name }}</td>{% for k in keys %}<td class="num">{{ m.get(k) }}</td>{% endfor %}</tr>{% endfor %}
   </table>
   {% endfor %}

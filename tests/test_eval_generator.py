@@ -70,3 +70,31 @@ def test_judge_rows_are_unique_and_cover_every_criterion():
     assert len(rows) == len({r["key"] for r in rows}) == 6  # 2 criteria + "missing" statement, each x2
     yn = eg.judge_rows(items, "yes-no")
     assert sorted(r["prompt"] for r in yn) == ["acknowledge", "cover"]
+
+
+def test_csg_aggregates_as_eq_4_to_6():
+    """Two answerable, one partial, one unanswerable query, computed by hand."""
+    def item(eid, kind, cited, reference):
+        return {"example_id": eid, "kind": kind, "cited": cited, "reference": reference}
+
+    rows = [
+        eg.example_scores(item("a1", "full", ["s1"], ["s1"]), [("cover", True), ("cover", True)]),
+        eg.example_scores(item("a2", "rewrite:synonyms", [], ["s2"]), [("cover", True), ("cover", False)]),
+        eg.example_scores(item("p", "partial", ["s3", "s9"], ["s3"]),
+                          [("cover", False), ("acknowledge", True), ("cover", None)]),
+        eg.example_scores(item("u", "refusal", [], []), [("acknowledge", False)]),
+    ]
+    assert [r["level"] for r in rows] == ["full", "full", "partial", "none"]
+    assert rows[2]["judge_failures"] == 1 and rows[2]["c_cite"] == pytest.approx(2 / 3)
+    got = eg.aggregate(rows)
+    # C_comp over the three queries with answerable parts, C_under over the two with missing parts,
+    # C_cite over all four; CSG the mean of those three averages.
+    c_comp, c_under, c_cite = (1 + 0.5 + 0) / 3, (1 + 0) / 2, (1 + 0 + 2 / 3 + 1) / 4
+    assert got["c_comp"] == pytest.approx(c_comp, abs=1e-4)
+    assert got["c_under"] == pytest.approx(c_under, abs=1e-4)
+    assert got["c_cite"] == pytest.approx(c_cite, abs=1e-4)
+    assert got["csg"] == pytest.approx((c_comp + c_under + c_cite) / 3, abs=1e-4)
+    per_example_mean = sum(r["csg_example"] for r in rows) / 4  # what the per-answer average would give
+    assert abs(per_example_mean - got["csg"]) > 0.01
+    none = eg.aggregate([rows[3]])
+    assert none["c_comp"] is None and none["csg"] == pytest.approx((0 + 1) / 2)

@@ -142,6 +142,8 @@ def test_evaluators_on_the_runs_reference_answers(run_dir, tmp_path):
     assert csg["c_cite"] == 1.0  # the run's own answers cite exactly their references
     assert csg["c_comp"] >= 0.8 and 0.0 <= csg["csg"] <= 1.0
     assert set(csg["by_kind"]) >= {"full", "partial", "refusal"}
+    assert set(csg["by_level"]) == {"full", "partial", "none"} and csg["c_under_un"] is not None
+    assert json.loads((run_dir / "evals" / "csg_ragsynth_reference_answers.json").read_text())["csg"] == csg["csg"]
     per = [json.loads(x) for x in (tmp_path / "csg.examples.jsonl").read_text().splitlines()]
     assert len(per) == csg["examples"]
 

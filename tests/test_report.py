@@ -188,3 +188,17 @@ def test_retrieval_metrics_of_a_stage_are_tabled(tmp_path: Path):
     assert "<h3>querygen_eval</h3>" in html
     for cell in ("<td>base</td>", "<td>trained</td>", "0.7604", "0.9512", '<th class="num">recall@100</th>'):
         assert cell in html
+
+
+def test_saved_csg_evaluations_are_tabled_per_level(tmp_path: Path):
+    (tmp_path / "evals").mkdir()
+    summary = {"answers": "/x/answers.jsonl", "judge": "likelihood", "examples": 3, "csg": 0.5417,
+               "c_comp": 0.5, "c_under": 0.5, "c_cite": 0.625,
+               "by_level": {"full": {"examples": 2, "csg": 0.625, "c_comp": 0.75, "c_under": None, "c_cite": 0.5},
+                            "none": {"examples": 1, "csg": 0.5, "c_comp": None, "c_under": 0.0, "c_cite": 1.0}}}
+    (tmp_path / "evals" / "csg_answers.json").write_text(json.dumps(summary))
+    html = report.render(tmp_path)
+    assert "CSG of answers.jsonl (likelihood judge)" in html
+    table = html[html.index("CSG of answers.jsonl"):]
+    table = table[:table.index("</table>")]
+    assert re.search(r"<td>all</td>.*?0\.5417", table) and re.search(r"<td>none</td>.*?1\.0", table)

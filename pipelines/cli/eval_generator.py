@@ -29,7 +29,10 @@ def eval_generator(
                                                            "scores next to it (.examples.jsonl)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join"),
 ) -> None:
-    """CSG = mean(C_comp, C_under, C_cite) per answer, overall and per variant kind."""
+    """CSG = (C_comp + C_under + C_cite) / 3 as RAGSynth's Eq. 4-6: overall, per completeness level and kind.
+
+    The summary is also saved as RUN/evals/csg_<answers file>.json, which the run report shows.
+    """
     from actors.llm import LLMConfig
     from cluster.runtime import connect
     from pipelines.eval.generator import evaluate_generator
@@ -42,6 +45,9 @@ def eval_generator(
                                               missing_margin=missing_margin, threshold=threshold, limit=limit)
     summary.update(run=str(run), answers=str(answers), model=model)
     text = json.dumps(summary)
+    evals = run / "evals"
+    evals.mkdir(exist_ok=True)
+    (evals / f"csg_{answers.stem}.json").write_text(text + "\n")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

@@ -1,4 +1,4 @@
-"""RAGSynth's generator evaluation: CSG = mean(C_comp, C_under, C_cite) per answer.
+"""RAGSynth's generator evaluation: CSG = (C_comp + C_under + C_cite) / 3, as the paper's Eq. 4-6.
 
 For every example of a run that has an answer in the answers file:
 
@@ -9,9 +9,15 @@ For every example of a run that has an answer in the answers file:
 - **C_cite**: the F1 of the sentence ids the answer cites against the reference citations (a
   refusal that cites nothing scores 1).
 
-CSG is the mean of the components an example has (a full answer has no ``acknowledge``
-criteria; a refusal has no ``cover`` criteria), averaged over examples, and reported per
-variant kind too.
+The dataset-level figures follow the paper's Eq. 4-6 (RAGSynth section 4.3): C_comp is averaged
+over the queries that have answerable parts (``cover`` criteria: full and partial), C_under over
+the partially or fully unanswerable ones (``acknowledge`` criteria: partial and refusal), C_cite
+over all of them, and CSG = (C_comp + C_under + C_cite) / 3 of those three averages. The same
+four are reported per completeness level (``full`` / ``partial`` / ``none``, the groups of the
+paper's Table 5, where C_under is split into UN = ``none`` and PUN = ``partial``) and per variant
+kind; a group without any query of a component (``full`` has no C_under) averages the components
+it has. Each per-example row also carries ``csg_example``, the mean of the components that one
+example has: a diagnostic for finding bad answers, not the paper's figure.
 
 Two judges, both through the LLM actor (scoring prompts, no generation):
 
@@ -187,31 +193,48 @@ def evaluate_generator(run_dir: str | Path, answers_path: str | Path, *, llm: LL
         if limit and len(items) >= limit:
             break
     replies = score_rows(judge_rows(items, judge), llm or LLMConfig(max_retries=0))
-    per_example = []
-    for it in items:
-        comp, under, failed = [], [], 0
-        for c in it["rubric"]:
-            ok = criterion_holds(it, c, replies, judge, margin, threshold, missing_margin)
-            if ok is None:
-                failed += 1
-                continue
-            (comp if c["kind"] == "cover" else under).append(1.0 if ok else 0.0)
-        parts = {"c_comp": _mean(comp), "c_under": _mean(under), "c_cite": f1(it["cited"], it["reference"])}
-        defined = [v for v in parts.values() if v is not None]
-        per_example.append({"example_id": it["example_id"], "kind": it["kind"], "task": it["task"], **parts,
-                            "csg": sum(defined) / len(defined), "judge_failures": failed})
+    per_example = [example_scores(it, [(c["kind"], criterion_holds(it, c, replies, judge, margin, threshold,
+                                                                    missing_margin)) for c in it["rubric"]])
+                   for it in items]
     summary = {"examples": len(per_example), "unanswered": len(examples) - len(per_example), "judge": judge,
-               **_aggregate(per_example), "by_kind": {}}
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in per_example:
-        groups[r["kind"].split(":")[0]].append(r)
-    summary["by_kind"] = {k: {"examples": len(v), **_aggregate(v)} for k, v in sorted(groups.items())}
+               **aggregate(per_example)}
+    by_level = _grouped(per_example, lambda r: r["level"])
+    summary["c_under_un"] = by_level.get("none", {}).get("c_under")
+    summary["c_under_pun"] = by_level.get("partial", {}).get("c_under")
+    summary["by_level"] = by_level
+    summary["by_kind"] = _grouped(per_example, lambda r: r["kind"].split(":")[0])
     return summary, per_example
 
 
-def _aggregate(rows: list[dict]) -> dict:
+def example_scores(it: dict, verdicts: list[tuple[str, bool | None]]) -> dict:
+    """One answer's components from its criteria verdicts (``None``: the judge gave no reply)."""
+    comp = [1.0 if ok else 0.0 for kind, ok in verdicts if kind == "cover" and ok is not None]
+    under = [1.0 if ok else 0.0 for kind, ok in verdicts if kind == "acknowledge" and ok is not None]
+    parts = {"c_comp": _mean(comp), "c_under": _mean(under), "c_cite": f1(it["cited"], it["reference"])}
+    defined = [v for v in parts.values() if v is not None]
+    return {"example_id": it["example_id"], "kind": it["kind"], "level": level(it["kind"]), "task": it.get("task"),
+            **parts, "csg_example": sum(defined) / len(defined),
+            "judge_failures": sum(ok is None for _, ok in verdicts)}
+
+
+def level(kind: str | None) -> str:
+    """Clue completeness of a variant kind: ``full`` (originals, rewrites), ``partial`` or ``none``."""
+    kind = (kind or "full").split(":")[0]
+    return {"partial": "partial", "refusal": "none"}.get(kind, "full")
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Eq. 4-6: each component averaged over the queries that define it; CSG the mean of the three."""
     out = {}
-    for k in ("csg", "c_comp", "c_under", "c_cite"):
+    for k in ("c_comp", "c_under", "c_cite"):
         vals = [r[k] for r in rows if r[k] is not None]
         out[k] = round(sum(vals) / len(vals), 4) if vals else None
-    return out
+    defined = [v for v in out.values() if v is not None]
+    return {"csg": round(sum(defined) / len(defined), 4) if defined else None, **out}
+
+
+def _grouped(rows: list[dict], key) -> dict[str, dict]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(r)
+    return {k: {"examples": len(v), **aggregate(v)} for k, v in sorted(groups.items())}

@@ -22,21 +22,7 @@ vs revised successes) is the ``prismrag_examples`` stage's ``funnel`` in manifes
 table in report.html. ``synthrag eval factuality`` (pipelines/eval/factuality.py) measures a
 generator the way the paper does (§5.1.2).
 
-Fidelity to the paper (each departure and its section):
-
-| § | paper | here | why |
-|---|---|---|---|
-| 4.1, App. 9 | Wikipedia pages and web-search pages; difficulty 8/10 prompt with 12 example questions | the user's corpus; a short prompt without examples | the embedded 135M model; the few-shot list eats its window |
-| 4.1 | references of any length | cut to `seed_qa.max_reference_words` (300) whole sentences, recorded in `meta.truncated` | keeps two references inside `llm.max_input_tokens` |
-| 4.2, App. 13.8 | free-form JSON with thought-steps, self-confidence score and reason | JSON schema: key_facts, open_question, distractor, distractor_answer (guided decoding, bounded strings) | the tiny model needs a short, enforced reply; the critique needs the distractor's answer (App. 13.7) |
-| 4.2, App. 13.7 | thought-process then three scores | feedback (≤ 300 chars) first, then three integer enums 1-5 | reason-before-score ordering; enums make scores always parse |
-| 4.2 step 3 | training instance not fully specified | the original question, golden + distractor in a seeded random order, the golden answer as the assistant turn | the issue's spec |
-| 4.3 | strategization over seed data with its references (avg. 4.6-9.1 refs) | the golden reference alone (one ref); distractor instances are not strategized | compute on 2 CPU cores; a config switch would be the next step |
-| 4.3 step 4, App. 13.5 | revision shows the previous attempt as chat turns | one user turn quoting the previous strategy, reasoning, answer and critique | simpler for a 135M model; same information |
-| 4.3 step 4 | revision temperature unstated | 0.7 / top-p 0.9 (prompt file) | a revision should differ from the attempt it revises |
-| 4.3 steps 2-3 | free-text analysis, "## Score:" line | JSON {analysis ≤ 300 chars, score enum 1-4} | parsing; the answer evaluator runs only when the thought scored 4 (paper), `answer_eval_all` to run it always |
-| 5.1.3 | inference at temperature 1.0, top-p 0.9 | `eval factuality` answers greedily | reproducible numbers on small samples |
-| 13.x | prompts written for Llama-3 70B | new, shorter prompt texts (prompts/prismrag/) | the brief: our own wording, sized for SmolLM2-135M |
+Fidelity to the paper (each step, what we do, where we differ and why): docs/FIDELITY.md#prismrag.
 """
 
 from __future__ import annotations

@@ -16,19 +16,7 @@ manifest and its dropped rows in ``rejects/<stage>/``:
 The pieces live beside this file: ``tasks`` (pool and seeds), ``kg`` (graphs), ``attribution``
 (masks, ridge), ``split`` (clustering); the settings in ``config``.
 
-Fidelity (departures from the paper, with its sections):
-
-| what | paper | here, and why |
-|---|---|---|
-| no entity | seed discarded (App. A) | same by default; ``no_entity: use_input`` keeps it and retrieves with its input |
-| seeds | 1,000 from each task's training set (App. A) | a user's ``--seeds`` file; without one, one seed per corpus passage, tasks in turn (``seed_tasks``) |
-| KG | Wikidata over SPARQL (App. A) | the corpus's co-mention graph by default (no network in a batch job); SPARQL optional; neighbours per entity 5 (LIMIT unstated) |
-| retrieval | top-10 per entity, top-10 overall (§4.1) | same, by max inner product per chunk over the entities |
-| noise | one passage per context (App. A) | ``noise_passages`` per shared context, inserted at a seeded position |
-| passages | whole Wikipedia passages | cut to ``max_passage_words`` and to fit the window; the same cut for every mask (recorded) |
-| λ | unstated | 1.0, intercept unpenalised |
-| z | Σ logit (Eq. 5) | default; ``target: logprob`` optional |
-| positives | top cluster; negatives bottom (§3.5) | same; chunk positives only in retrieval_lists (noise has no chunk id), noise negatives in the jsonl export |
+Fidelity to the paper (each step, what we do, where we differ and why): docs/FIDELITY.md#scarlet.
 """
 
 from __future__ import annotations

@@ -15,19 +15,7 @@ a stage with its funnel in the manifest and its dropped rows, with reasons, in `
 The pieces are ``multihop``, ``tableqa``, ``curation`` and ``match`` beside this file, the tables
 in ``tables`` and the SQL sandbox in ``sandbox``; the settings are in ``config``.
 
-Fidelity to the paper (departures, with the paper's section):
-
-| paper | here | why |
-|---|---|---|
-| §3.1 seed: an entity from doc A; doc B = a Wikipedia article linked from A | doc B = a chunk of another document of the run that names the entity (spaCy entity index; whole-word text search when the index has none) | a user corpus has no hyperlinks; dense retrieval is not used |
-| §3.1 Q1, Q2 and the merge by one strong LLM | three short prompts (``prompts/source2synth/q1,q2,merge``) with rule checks (Q1 must not name the seed, Q2 must, Q2's answer copied from B, ``bridge_leaked``) | a 135M model needs one small step per prompt; the checks make its failures counted rejects |
-| §3.2 seed fact from a WikiSQL table | the fact must come from one row drawn at random (seeded) from the table's first 10 rows, and name a cell value; WTQ tables, any CSV/JSONL/Parquet/SQLite | the seeded row makes the draw reproducible and checkable (``value_not_in_table``) |
-| §3.2 SQL executed (SQLite) | executed in a read-only sandbox (authorizer, one SELECT, timeout, row cap) on a run-local copy; the result must contain the seed value (``seed_value_missing``) | model-written SQL is untrusted; the value check ties the answer to the seed |
-| §3.2 no multi-table joins | same (``tables_qa.join_groups`` is reserved and refused) | not built yet |
-| §2.2 fine-tune LLMSynth on slice 0 (full fine-tuning of Llama-2 70B) | LoRA on the embedded SmolLM2-135M, ``curation.max_steps`` (50) steps by default | CPU budget; ``curation.lora: false`` and more steps work the same way |
-| §2.2 filter: answered within k = 3 tries | same k; try 1 greedy, tries 2-3 sampled at ``retry_temperature`` 0.7; soft match (normalised EM/containment, numeric tolerance 1%, executed-SQL or answer denotation for tables) | the paper gives no sampling or match details for the tries |
-| §2.2 imputation: blank parts of an example, LLMSynth refills them | ``impute: missing`` fills missing reasoning from LLMSynth's matching try; ``impute: always`` replaces it (blank-and-refill) | our generators always write a reasoning chain, so ``missing`` rarely fires |
-| §2.2 curated set = filtered slice 1 | same (``keep_slice0`` adds slice 0) | |
+Fidelity to the paper (each step, what we do, where we differ and why): docs/FIDELITY.md#source2synth.
 """
 
 from __future__ import annotations
