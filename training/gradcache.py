@@ -38,9 +38,10 @@ from training.losses import ListBatch, RetrievalLoss
 class TextBatch:
     """One worker's share of a step: ``b`` queries, each with a list of ``n`` passage texts.
 
-    Column 0 of ``passages`` is the positive; ``mask`` marks real passages (padding and false
-    negatives are False and are never embedded). ``passage_ids`` identify passages across the
-    batch (an in-batch copy of a query's positive is not a negative for it).
+    Column 0 of ``passages`` is the positive; ``mask`` marks real passages (padding is False and
+    is never embedded). ``passage_ids`` identify passages across the batch (an in-batch copy of a
+    query's positive is not a negative for it); ``false_negative`` marks embedded candidates that
+    are no negatives (see :class:`training.losses.ListBatch`).
     """
 
     queries: list[str]
@@ -49,6 +50,7 @@ class TextBatch:
     passage_ids: Tensor  # [b, n] int64
     teacher: Tensor | None = None  # [b, n]
     labels: Tensor | None = None  # [b, n]
+    false_negative: Tensor | None = None  # [b, n] bool
 
     def texts(self) -> tuple[list[str], Tensor]:
         """Queries then unmasked passages (row-major), and the flat indices of those passages."""
@@ -110,14 +112,15 @@ def assemble(reps: Tensor, batch: TextBatch, *, gather: bool = True) -> ListBatc
     ids = batch.passage_ids.to(device)
     teacher = None if batch.teacher is None else batch.teacher.to(device, torch.float32)
     labels = None if batch.labels is None else batch.labels.to(device, torch.float32)
+    fn = None if batch.false_negative is None else batch.false_negative.to(device, torch.bool)
     rank, world = _world()
     if not gather or world == 1:
-        return ListBatch(q, p, mask, ids, teacher, labels)
+        return ListBatch(q, p, mask, ids, teacher, labels, fn)
     return ListBatch(
         queries=_gather(q, grad=True), passages=_gather(p, grad=True),
         mask=_gather(mask, grad=False), passage_ids=_gather(ids, grad=False),
         teacher=_gather(teacher, grad=False), labels=_gather(labels, grad=False),
-        local=slice(rank * b, (rank + 1) * b),
+        false_negative=_gather(fn, grad=False), local=slice(rank * b, (rank + 1) * b),
     )
 
 
