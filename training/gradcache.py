@@ -129,10 +129,15 @@ class GradCache:
 
     ``step(batch)`` accumulates parameter gradients and returns the loss; call the optimizer
     afterwards. ``loss_value(batch)`` gives the loss without gradients (dev evaluation).
+
+    ``replay_rng=False`` skips restoring each chunk's RNG state before its second forward, so
+    dropout draws fresh masks and the gradients no longer match the cached loss; it exists only
+    so that tests can show the replay matters. Keep the default.
     """
 
     def __init__(self, model: torch.nn.Module, loss: RetrievalLoss, chunk_size: int = 32,
-                 gather: bool = True, loss_chunk_size: int | None = None):
+                 gather: bool = True, loss_chunk_size: int | None = None,
+                 replay_rng: bool = True):
         if chunk_size < 1 or (loss_chunk_size is not None and loss_chunk_size < 1):
             raise ValueError("chunk sizes must be at least 1")
         self.model = model
@@ -140,6 +145,7 @@ class GradCache:
         self.chunk_size = chunk_size
         self.gather = gather
         self.loss_chunk_size = loss_chunk_size
+        self.replay_rng = replay_rng
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[i : i + self.chunk_size] for i in range(0, len(texts), self.chunk_size)]
@@ -206,7 +212,7 @@ class GradCache:
         for i, (chunk, state, grad) in enumerate(zip(chunks, states, grads)):
             last = i == len(chunks) - 1
             sync = nullcontext() if (last or no_sync is None) else no_sync()
-            with sync, state:
+            with sync, (state if self.replay_rng else nullcontext()):
                 emb = encode(self.model, chunk)
                 torch.dot(emb.to(grad.dtype).flatten(), grad.flatten()).backward()
         return loss
