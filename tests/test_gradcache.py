@@ -62,8 +62,11 @@ def make_batch(rows: slice = slice(None)) -> TextBatch:
     teacher[:, 0] = 1.0
     labels = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0],
                            [1.0, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.2]])
+    fn = torch.zeros(4, 4, dtype=torch.bool)
+    fn[3, 3] = True  # embedded, in query 3's listwise target, no contrastive negative for anyone
     return TextBatch(queries=QUERIES[rows], passages=PASSAGES[rows], mask=mask[rows],
-                     passage_ids=ids[rows], teacher=teacher[rows], labels=labels[rows])
+                     passage_ids=ids[rows], teacher=teacher[rows], labels=labels[rows],
+                     false_negative=fn[rows])
 
 
 def reference_grads(model, loss_name: str) -> dict[str, torch.Tensor]:
