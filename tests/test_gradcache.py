@@ -3,7 +3,9 @@ loss, on one worker and on two gloo workers under DDP (in-batch negatives gather
 
 The model is a tiny BERT built from a config (with the packaged MiniLM tokenizer) wrapped as a
 SentenceTransformer, without dropout so the uncached reference sees the same network, in float64 so that the
-comparison is tight (rtol 1e-7) despite the 1/0.01 temperature.
+comparison is tight (rtol 1e-7) despite the 1/0.01 temperature. With dropout on (train mode), the
+second forward of each chunk must replay the first's dropout masks: gradients then equal those of
+an uncached forward that draws the same masks, and do not without the RNG replay.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.gradcache import GradCache, TextBatch, full_batch_loss
+from training.gradcache import GradCache, TextBatch, assemble, encode, full_batch_loss
 from training.losses import make_loss
 
 LOSSES = ["contrastive", "listwise", "combined", "pairwise"]
@@ -60,8 +62,11 @@ def make_batch(rows: slice = slice(None)) -> TextBatch:
     teacher[:, 0] = 1.0
     labels = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0],
                            [1.0, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.2]])
+    fn = torch.zeros(4, 4, dtype=torch.bool)
+    fn[3, 3] = True  # embedded, in query 3's listwise target, no contrastive negative for anyone
     return TextBatch(queries=QUERIES[rows], passages=PASSAGES[rows], mask=mask[rows],
-                     passage_ids=ids[rows], teacher=teacher[rows], labels=labels[rows])
+                     passage_ids=ids[rows], teacher=teacher[rows], labels=labels[rows],
+                     false_negative=fn[rows])
 
 
 def reference_grads(model, loss_name: str) -> dict[str, torch.Tensor]:
@@ -100,6 +105,48 @@ def test_one_worker_gradients_equal_uncached(model_dir, loss_name):
     want = reference_grads(model, loss_name)
     for chunk_size, loss_chunk_size in ((1, None), (5, None), (5, 1), (7, 3)):
         assert_same(cached_grads(model, loss_name, chunk_size, loss_chunk_size=loss_chunk_size), want)
+
+
+def test_train_mode_dropout_is_replayed_exactly(model_dir):
+    """Dropout p=0.1 in train mode. The uncached reference embeds the same chunks in the same order
+    with a graph from the same seed, so it draws the masks of GradCache's first (cached) pass;
+    with one chunk it is exactly ``full_batch_loss``."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, device="cpu").double().train()
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts
+    for m in dropouts:
+        m.p = 0.1
+    batch, loss = make_batch(), make_loss("combined")
+    texts, _ = batch.texts()
+    with torch.no_grad():  # dropout is on: two forwards differ
+        assert not torch.allclose(encode(model, texts[:3]), encode(model, texts[:3]))
+
+    def grads():
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    for chunk_size in (len(texts), 5):
+        torch.manual_seed(0)
+        model.zero_grad(set_to_none=True)
+        if chunk_size == len(texts):
+            ref = full_batch_loss(model, loss, batch)
+        else:
+            chunks = [texts[i : i + chunk_size] for i in range(0, len(texts), chunk_size)]
+            ref = loss(assemble(torch.cat([encode(model, c) for c in chunks]), batch))
+        ref.backward()
+        want = grads()
+        for replay in (True, False):
+            torch.manual_seed(0)
+            model.zero_grad(set_to_none=True)
+            got = GradCache(model, loss, chunk_size=chunk_size, replay_rng=replay).step(batch)
+            assert got == pytest.approx(ref.item(), rel=1e-9)  # the first pass draws the same masks
+            if replay:
+                assert_same(grads(), want)
+            else:  # fresh masks in the second pass: the gradients are those of another network
+                worst = max(float((g - want[n]).abs().max() / want[n].abs().max().clamp(min=1e-12))
+                            for n, g in grads().items())
+                assert worst > 1e-2, (chunk_size, worst)
 
 
 def _ddp_worker(config: dict) -> None:

@@ -147,3 +147,57 @@ def test_losses_train_embeddings_towards_the_positive():
             loss_fn(ListBatch(**{**b.__dict__, "queries": q})).backward()
             opt.step()
         assert loss_fn(ListBatch(**{**b.__dict__, "queries": q})).item() < first, name
+
+
+def _fn_batch():
+    """Query 0's candidate 2 scores 0.8 > 0.6 × its positive's 1.0: a teacher false negative."""
+    b = _batch()
+    b.teacher[:, 0] = 1.0
+    b.teacher[:, 1:] = 0.3
+    b.teacher[0, 2] = 0.8
+    return b
+
+
+def test_false_negative_is_no_contrastive_negative_but_stays_in_the_listwise_target():
+    """Tamber §3.3.3: the passage above 60% of the positive's teacher score is removed as a
+    contrastive negative only; the listwise KL keeps its soft teacher score."""
+    b = _fn_batch()
+    fn = teacher_false_negatives(b.teacher, 0.6)
+    assert fn.nonzero().tolist() == [[0, 2]]
+    scoped = ListBatch(**{**b.__dict__, "false_negative": fn})  # fn_scope="contrastive"
+    dropped = ListBatch(**{**b.__dict__, "mask": b.mask & ~fn})  # fn_scope="all" (masked)
+
+    # contrastive: the denominator is every batch passage but the false negative
+    q = F.normalize(b.queries, dim=-1)
+    p = F.normalize(b.passages, dim=-1).reshape(-1, 5)
+    keep = torch.ones(12, dtype=torch.bool)
+    keep[0 * 4 + 2] = False
+    expected = 0.0
+    for i in range(3):
+        logits = q[i] @ p.T / 0.01
+        expected += -(logits[i * 4] - torch.logsumexp(logits[keep], 0)) / 3
+    assert ContrastiveLoss()(scoped).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ContrastiveLoss()(scoped).item() == pytest.approx(ContrastiveLoss()(dropped).item(), rel=1e-6)
+    assert ContrastiveLoss()(b).item() != pytest.approx(ContrastiveLoss()(scoped).item(), rel=1e-3)
+
+    # listwise: query 0's teacher distribution still spans all 4 passages, the false negative
+    # with its 0.8 score; hand computation of query 0's KL term
+    pl = F.normalize(b.passages, dim=-1)
+    per_query = []
+    for i in range(3):
+        t = torch.softmax(b.teacher[i] / 0.3, 0)
+        s = torch.softmax(pl[i] @ q[i] / 0.05, 0)
+        per_query.append(float((t * (t.log() - s.log())).sum()))
+    assert ListwiseKLLoss()(scoped).item() == pytest.approx(sum(per_query) / 3, rel=1e-4)
+    assert ListwiseKLLoss()(scoped).item() == pytest.approx(ListwiseKLLoss()(b).item(), rel=1e-6)
+    # the old scope ("all"): absent from the listwise target too, a different loss
+    assert ListwiseKLLoss()(dropped).item() != pytest.approx(ListwiseKLLoss()(scoped).item(), rel=1e-3)
+    t0 = torch.softmax(b.teacher[0, [0, 1, 3]] / 0.3, 0)
+    s0 = torch.softmax(pl[0, [0, 1, 3]] @ q[0] / 0.05, 0)
+    old = (float((t0 * (t0.log() - s0.log())).sum()) + sum(per_query[1:])) / 3
+    assert ListwiseKLLoss()(dropped).item() == pytest.approx(old, rel=1e-4)
+
+    # combined = listwise with it + 0.1 × contrastive without it; pairwise pairs skip it
+    assert CombinedLoss()(scoped).item() == pytest.approx(
+        ListwiseKLLoss()(b).item() + 0.1 * ContrastiveLoss()(dropped).item(), rel=1e-6)
+    assert PairwiseLoss()(scoped).item() == pytest.approx(PairwiseLoss()(dropped).item(), rel=1e-6)

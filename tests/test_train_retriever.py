@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from pipelines.core.schema import RETRIEVAL_LISTS, to_table
-from training.retriever import DataError, fixed_width, read_lists, split_by_query
+from training.retriever import DataError, early_stopping, fixed_width, read_lists, split_by_query
+from training.retriever_config import RetrieverSettings
 
 REPO = Path(__file__).resolve().parents[1]
 ANIMALS = ["cat", "dog", "owl", "fox", "bee", "eel", "elk", "yak", "ant", "bat", "cod", "emu"]
@@ -81,13 +82,22 @@ def test_run_directory_and_inline_file_give_the_same_lists(tmp_path):
     for path in (tmp_path / "lists.jsonl", run):
         rows = read_lists(path)
         assert rows[0]["texts"] == ["beta", "alpha text", "gamma"] and rows[0]["positive"] == 1
-        table = fixed_width(rows, negatives=3, fn_fraction=0.6, need_teacher=True)
+        # positive first; "beta" (0.7 > 0.6 × 1.0) is a teacher false negative, "gamma" is flagged.
+        # The paper's scope: both stay in the list (listwise target), flagged as no negatives
+        row = fixed_width(rows, negatives=3, fn_fraction=0.6, need_teacher=True).to_pylist()[0]
+        assert row["passages"] == ["alpha text", "beta", "gamma", ""]
+        assert row["valid"] == [True, True, True, False]
+        assert row["false_negative"] == [False, True, True, False]
+        assert row["teacher"] == pytest.approx([1.0, 0.7, 0.2, 0.0])
+        # fn_scope "all": dropped from the list, so from every loss
+        table = fixed_width(rows, negatives=3, fn_fraction=0.6, need_teacher=True, fn_scope="all")
         row = table.to_pylist()[0]
-        # positive first; "beta" (0.7 > 0.6 × 1.0) is a teacher false negative, "gamma" is flagged
         assert row["passages"] == ["alpha text", "", "", ""]
         assert row["valid"] == [True, False, False, False]
+        assert row["false_negative"] == [False] * 4
     # without the teacher threshold only the flagged candidate goes
-    row = fixed_width(read_lists(run), negatives=1, fn_fraction=None, need_teacher=True).to_pylist()[0]
+    row = fixed_width(read_lists(run), negatives=1, fn_fraction=None, need_teacher=True,
+                      fn_scope="all").to_pylist()[0]
     assert row["passages"] == ["alpha text", "beta"] and row["teacher"] == pytest.approx([1.0, 0.7])
 
 
@@ -119,6 +129,73 @@ def test_split_is_by_query_and_deterministic():
     assert len(set(dev.column("query").to_pylist())) == 2
     assert not set(dev.column("query").to_pylist()) & set(train.column("query").to_pylist())
     assert train.num_rows + dev.num_rows == 60
+
+
+# ------------------------------------------------------------------ preset and early stopping
+TAMBER = {"loss": "combined", "lr": 2e-4, "batch_size": 4096, "epochs": 30, "dev_fraction": 0.1,
+          "patience": 2, "negatives": 19, "fn_fraction": 0.6, "fn_scope": "contrastive",
+          "tau": 0.01, "tau_student": 0.05, "tau_teacher": 0.3, "listwise_weight": 1.0,
+          "contrastive_weight": 0.1}
+
+
+def test_tamber_preset_resolves_to_the_paper_recipe_and_explicit_settings_win():
+    got = RetrieverSettings(preset="tamber")
+    assert {k: getattr(got, k) for k in TAMBER} == TAMBER
+    mine = RetrieverSettings(preset="tamber", lr=1e-5, batch_size=64)
+    assert (mine.lr, mine.batch_size, mine.epochs) == (1e-5, 64, 30)
+    assert RetrieverSettings.model_validate(mine.model_dump()) == mine  # a recorded config re-reads
+    plain = RetrieverSettings()  # the small-data defaults stay the default
+    assert (plain.preset, plain.lr, plain.batch_size, plain.epochs) == (None, 2e-5, 32, 3)
+    assert plain.fn_scope == "contrastive"
+
+
+def test_cli_preset_fills_what_the_command_line_does_not_give(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import pipelines.cli.train_retriever  # noqa: F401  (registers the command)
+    import training.retriever
+    from pipelines.cli.app import app
+
+    seen = []
+
+    def fake_train(cfg, address=None):
+        seen.append(cfg)
+        return {"best_epoch": 1, "best_dev_loss": 0.5, "stopped_early": False, "epochs_run": 1,
+                "steps": 1, "starts": [1]}
+
+    monkeypatch.setattr(training.retriever, "train_retriever", fake_train)
+    args = ["train", "retriever", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o")]
+    for extra in (["--preset", "tamber"], ["--preset", "tamber", "--lr", "1e-5", "--epochs", "3",
+                                           "--fn-scope", "all"], []):
+        result = CliRunner().invoke(app, args + extra)
+        assert result.exit_code == 0, result.output
+    paper, overridden, default = seen
+    assert paper.preset == "tamber" and {k: getattr(paper, k) for k in TAMBER} == TAMBER
+    assert (overridden.lr, overridden.epochs, overridden.fn_scope) == (1e-5, 3, "all")
+    assert overridden.batch_size == 4096 and overridden.patience == 2
+    assert default.preset is None and (default.lr, default.batch_size) == (2e-5, 32)
+    assert CliRunner().invoke(app, args + ["--preset", "nope"]).exit_code == 2
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    def run(dev_losses, patience, min_delta=0.0):
+        state = {"best_dev": None, "best_epoch": None, "bad_epochs": 0, "stopped_early": False}
+        for epoch, dev in enumerate(dev_losses, 1):
+            early_stopping(state, dev, epoch, patience=patience, min_delta=min_delta)
+            if state["stopped_early"]:
+                break
+        return epoch, state
+
+    # improves at 1, 2 and 4: no two bad epochs in a row, runs all 6, best epoch 5
+    epochs, state = run([3.0, 2.0, 2.5, 1.5, 1.0, 1.2], patience=2)
+    assert (epochs, state["best_epoch"], state["best_dev"], state["stopped_early"]) == (6, 5, 1.0, False)
+    # epochs 3 and 4 fail to improve on epoch 2: stops after epoch 4, best epoch 2
+    epochs, state = run([3.0, 2.0, 2.5, 2.1, 0.1], patience=2)
+    assert (epochs, state["best_epoch"], state["best_dev"], state["stopped_early"]) == (4, 2, 2.0, True)
+    assert run([3.0, 2.0, 2.5, 2.1, 0.1], patience=3)[0] == 5
+    # a decrease below min_delta is no improvement; neither is a NaN dev loss
+    assert run([3.0, 2.95, 2.9], patience=2, min_delta=0.1)[1]["best_epoch"] == 1
+    assert run([3.0, float("nan"), float("nan")], patience=2)[0] == 3
 
 
 # ------------------------------------------------------------------ the 2-worker run

@@ -38,9 +38,10 @@ from training.losses import ListBatch, RetrievalLoss
 class TextBatch:
     """One worker's share of a step: ``b`` queries, each with a list of ``n`` passage texts.
 
-    Column 0 of ``passages`` is the positive; ``mask`` marks real passages (padding and false
-    negatives are False and are never embedded). ``passage_ids`` identify passages across the
-    batch (an in-batch copy of a query's positive is not a negative for it).
+    Column 0 of ``passages`` is the positive; ``mask`` marks real passages (padding is False and
+    is never embedded). ``passage_ids`` identify passages across the batch (an in-batch copy of a
+    query's positive is not a negative for it); ``false_negative`` marks embedded candidates that
+    are no negatives (see :class:`training.losses.ListBatch`).
     """
 
     queries: list[str]
@@ -49,6 +50,7 @@ class TextBatch:
     passage_ids: Tensor  # [b, n] int64
     teacher: Tensor | None = None  # [b, n]
     labels: Tensor | None = None  # [b, n]
+    false_negative: Tensor | None = None  # [b, n] bool
 
     def texts(self) -> tuple[list[str], Tensor]:
         """Queries then unmasked passages (row-major), and the flat indices of those passages."""
@@ -110,14 +112,15 @@ def assemble(reps: Tensor, batch: TextBatch, *, gather: bool = True) -> ListBatc
     ids = batch.passage_ids.to(device)
     teacher = None if batch.teacher is None else batch.teacher.to(device, torch.float32)
     labels = None if batch.labels is None else batch.labels.to(device, torch.float32)
+    fn = None if batch.false_negative is None else batch.false_negative.to(device, torch.bool)
     rank, world = _world()
     if not gather or world == 1:
-        return ListBatch(q, p, mask, ids, teacher, labels)
+        return ListBatch(q, p, mask, ids, teacher, labels, fn)
     return ListBatch(
         queries=_gather(q, grad=True), passages=_gather(p, grad=True),
         mask=_gather(mask, grad=False), passage_ids=_gather(ids, grad=False),
         teacher=_gather(teacher, grad=False), labels=_gather(labels, grad=False),
-        local=slice(rank * b, (rank + 1) * b),
+        false_negative=_gather(fn, grad=False), local=slice(rank * b, (rank + 1) * b),
     )
 
 
@@ -126,10 +129,15 @@ class GradCache:
 
     ``step(batch)`` accumulates parameter gradients and returns the loss; call the optimizer
     afterwards. ``loss_value(batch)`` gives the loss without gradients (dev evaluation).
+
+    ``replay_rng=False`` skips restoring each chunk's RNG state before its second forward, so
+    dropout draws fresh masks and the gradients no longer match the cached loss; it exists only
+    so that tests can show the replay matters. Keep the default.
     """
 
     def __init__(self, model: torch.nn.Module, loss: RetrievalLoss, chunk_size: int = 32,
-                 gather: bool = True, loss_chunk_size: int | None = None):
+                 gather: bool = True, loss_chunk_size: int | None = None,
+                 replay_rng: bool = True):
         if chunk_size < 1 or (loss_chunk_size is not None and loss_chunk_size < 1):
             raise ValueError("chunk sizes must be at least 1")
         self.model = model
@@ -137,6 +145,7 @@ class GradCache:
         self.chunk_size = chunk_size
         self.gather = gather
         self.loss_chunk_size = loss_chunk_size
+        self.replay_rng = replay_rng
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[i : i + self.chunk_size] for i in range(0, len(texts), self.chunk_size)]
@@ -203,7 +212,7 @@ class GradCache:
         for i, (chunk, state, grad) in enumerate(zip(chunks, states, grads)):
             last = i == len(chunks) - 1
             sync = nullcontext() if (last or no_sync is None) else no_sync()
-            with sync, state:
+            with sync, (state if self.replay_rng else nullcontext()):
                 emb = encode(self.model, chunk)
                 torch.dot(emb.to(grad.dtype).flatten(), grad.flatten()).backward()
         return loss

@@ -7,7 +7,11 @@ loss once and back-propagate into the cached embeddings.
 
 A batch holds ``B`` queries, each with a list of ``n`` passages whose column 0 is the query's
 positive and columns 1..n-1 its candidates (mined hard negatives, teacher-scored). Lists are
-padded to a fixed width; ``mask`` marks real passages (not padding, not a false negative).
+padded to a fixed width; ``mask`` marks real passages (not padding). ``false_negative`` marks
+candidates that are likely relevant (Tamber et al. §3.3.3: above 60% of the positive's teacher
+score): they are no negatives for the contrastive and pairwise losses, but the listwise
+distillation keeps them with their soft teacher scores (``fn_scope="contrastive"``, the paper's);
+with ``fn_scope="all"`` they are dropped from the lists altogether and never reach a loss.
 Under data parallelism the batch holds the queries and passages of *all* workers and ``local``
 selects the rows this worker owns: a loss is the mean over its local queries, so the
 DDP-averaged gradient equals the gradient of the full-batch mean.
@@ -48,7 +52,9 @@ class ListBatch:
     queries: ``[B, d]``; passages: ``[B, n, d]`` (column 0 = positive); mask: ``[B, n]`` bool;
     passage_ids: ``[B, n]`` int64, equal ids = the same passage (for positive-aware masking);
     teacher: ``[B, n]`` normalised teacher scores; labels: ``[B, n]`` utilities (pairwise);
-    local: the rows whose loss this worker computes (all rows on one worker).
+    false_negative: ``[B, n]`` bool, candidates left out as negatives (contrastive, pairwise) but
+    kept in the listwise target; local: the rows whose loss this worker computes (all rows on one
+    worker).
     """
 
     queries: Tensor
@@ -57,6 +63,7 @@ class ListBatch:
     passage_ids: Tensor | None = None
     teacher: Tensor | None = None
     labels: Tensor | None = None
+    false_negative: Tensor | None = None
     local: slice = field(default_factory=lambda: slice(None))
 
 
@@ -75,6 +82,13 @@ def teacher_false_negatives(teacher: Tensor, fraction: float = 0.6, positive_ind
     out = teacher > fraction * pos
     out[..., positive_index] = False
     return out
+
+
+def negatives_mask(batch: ListBatch) -> Tensor:
+    """``mask`` less the false negatives: the passages a contrastive or pairwise loss may use."""
+    if batch.false_negative is None:
+        return batch.mask
+    return batch.mask & ~batch.false_negative.to(torch.bool)
 
 
 def _embed(batch: ListBatch, normalize: bool) -> tuple[Tensor, Tensor]:
@@ -96,9 +110,9 @@ class ContrastiveLoss:
 
     Each local query is scored against every positive and every hard negative of every query in
     the (gathered) batch, ``B × n`` passages, at temperature ``tau``; the target is its own
-    positive. Masked passages (padding, false negatives of its own list) are left out, and so is
-    any other in-batch copy of its positive (same ``passage_ids``), which would otherwise be
-    a false negative.
+    positive. Masked passages (padding) and false negatives (of any list in the batch, as if they
+    had been removed from the hard negatives) are left out, and so is any other in-batch copy of
+    its positive (same ``passage_ids``), which would otherwise be a false negative.
     """
 
     tau: float = 0.01
@@ -109,7 +123,7 @@ class ContrastiveLoss:
         B, n, d = p.shape
         rows = torch.arange(B, device=q.device)[batch.local]  # global row index of local queries
         scores = q[batch.local] @ p.reshape(B * n, d).T / self.tau  # [b, B*n]
-        allowed = batch.mask.reshape(1, B * n).expand(len(rows), -1).clone()
+        allowed = negatives_mask(batch).reshape(1, B * n).expand(len(rows), -1).clone()
         if batch.passage_ids is not None:
             ids = batch.passage_ids.reshape(B * n)
             pos_ids = batch.passage_ids[rows, 0]
@@ -126,7 +140,8 @@ class ListwiseKLLoss:
 
     Student distribution: softmax of similarities at ``tau_student`` (0.05); teacher
     distribution: softmax of normalised teacher scores at ``tau_teacher`` (0.3). Masked
-    candidates are excluded from both softmaxes.
+    candidates (padding) are excluded from both softmaxes; false negatives are not: the teacher's
+    soft scores say how relevant they are, which is what the distillation learns from.
     """
 
     tau_student: float = 0.05
@@ -165,7 +180,7 @@ class PairwiseLoss:
 
     A pair (i, j) is every two unmasked passages with ``labels[i] > labels[j]`` (SCARLet's
     utility positives over its negatives); without labels the positive (column 0) is paired with
-    each candidate. Each pair contributes ``-log softmax([s_i, s_j] / tau)[0]``; a query's loss is
+    each candidate. False negatives are in no pair. Each pair contributes ``-log softmax([s_i, s_j] / tau)[0]``; a query's loss is
     the mean over its pairs (0 if it has none) and the batch loss the mean over queries.
     """
 
@@ -173,7 +188,7 @@ class PairwiseLoss:
     normalize: bool = True
 
     def __call__(self, batch: ListBatch) -> Tensor:
-        mask = batch.mask[batch.local]
+        mask = negatives_mask(batch)[batch.local]
         s = _list_scores(batch, self.normalize) / self.tau  # [b, n]
         if batch.labels is not None:
             labels = batch.labels[batch.local].to(s.dtype)

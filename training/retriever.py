@@ -3,6 +3,7 @@
     lists (run dir or file) ─► fixed-width lists, 90/10 split by query ─► OUT/data/{train,dev}.parquet
         ─► TorchTrainer(workers × train loop) ─► checkpoints in OUT/ray/retriever/
         ─► best checkpoint exported as a sentence-transformers directory in OUT, OUT/metrics.json
+       (OUT/train_config.json: the resolved settings, preset applied, written at the start)
 
 Each worker reads its shard of the Parquet lists through Ray Data, embeds and back-propagates
 with :class:`training.gradcache.GradCache` (embeddings gathered across workers, so in-batch
@@ -42,7 +43,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipelines.core.schema import stable_id
 from training.losses import needs_teacher, teacher_false_negatives
-from training.retriever_config import RetrieverTrainConfig
+from training.retriever_config import PRESETS, RetrieverTrainConfig
 
 RUN_NAME = "retriever"
 
@@ -55,6 +56,7 @@ FIXED = pa.schema([
     pa.field("valid", pa.list_(pa.bool_())),
     pa.field("teacher", pa.list_(pa.float32())),
     pa.field("labels", pa.list_(pa.float32())),
+    pa.field("false_negative", pa.list_(pa.bool_())),
 ])
 
 
@@ -165,13 +167,19 @@ def read_lists(path: Path) -> list[dict]:
 
 
 def fixed_width(rows: list[dict], *, negatives: int, fn_fraction: float | None,
-                need_teacher: bool) -> pa.Table:
+                need_teacher: bool, fn_scope: str = "contrastive") -> pa.Table:
     """Lists of exactly ``1 + negatives`` passages, the positive first.
 
-    False negatives (flagged in the data, or above ``fn_fraction`` of the positive's teacher
-    score) are dropped before the first ``negatives`` remaining candidates are kept, in order;
-    shorter lists are padded with invalid entries.
+    False negatives are candidates flagged in the data or above ``fn_fraction`` of the
+    positive's teacher score. With ``fn_scope="contrastive"`` (Tamber et al. §3.3.3) the list is
+    the first ``negatives`` candidates in order, false negatives included and flagged in
+    ``false_negative``: the contrastive and pairwise losses skip them, the listwise KL keeps their
+    teacher scores. With ``fn_scope="all"`` they are dropped before the first ``negatives``
+    remaining candidates are kept, so no loss sees them. Shorter lists are padded with invalid
+    entries.
     """
+    if fn_scope not in ("contrastive", "all"):
+        raise ValueError(f"fn_scope must be 'contrastive' or 'all', not {fn_scope!r}")
     n = 1 + negatives
     out = {name: [] for name in FIXED.names}
     for row in rows:
@@ -180,12 +188,13 @@ def fixed_width(rows: list[dict], *, negatives: int, fn_fraction: float | None,
         if need_teacher and teacher is None:
             raise DataError(f"list {row['query_id']} has no teacher_scores, which the listwise "
                             f"and combined losses need (use --loss contrastive or pairwise)")
-        drop = np.zeros(m, dtype=bool)
+        fn = np.zeros(m, dtype=bool)
         if row["false_negative"] is not None:
-            drop |= np.asarray(row["false_negative"], dtype=bool)
+            fn |= np.asarray(row["false_negative"], dtype=bool)
         if teacher is not None and fn_fraction is not None:
-            drop |= teacher_false_negatives([teacher], fn_fraction, k).numpy()[0]
-        drop[k] = False
+            fn |= teacher_false_negatives([teacher], fn_fraction, k).numpy()[0]
+        fn[k] = False
+        drop = fn if fn_scope == "all" else np.zeros(m, dtype=bool)
         order = [k] + [j for j in range(m) if j != k and not drop[j]][:negatives]
         pad = n - len(order)
         t = teacher if teacher is not None else [0.0] * m
@@ -198,6 +207,7 @@ def fixed_width(rows: list[dict], *, negatives: int, fn_fraction: float | None,
         out["valid"].append([True] * len(order) + [False] * pad)
         out["teacher"].append([float(t[j]) for j in order] + [0.0] * pad)
         out["labels"].append([float(labels[j]) for j in order] + [0.0] * pad)
+        out["false_negative"].append([bool(fn[j]) for j in order] + [False] * pad)
     return pa.Table.from_pydict(out, schema=FIXED)
 
 
@@ -217,7 +227,7 @@ def prepare_data(cfg: RetrieverTrainConfig) -> dict[str, Any]:
     """Write OUT/data/{train,dev}.parquet; returns their paths and sizes."""
     rows = read_lists(cfg.data)
     table = fixed_width(rows, negatives=cfg.negatives, fn_fraction=cfg.fn_fraction,
-                        need_teacher=needs_teacher(cfg.loss))
+                        need_teacher=needs_teacher(cfg.loss), fn_scope=cfg.fn_scope)
     train, dev = split_by_query(table, dev_fraction=cfg.dev_fraction, min_dev=cfg.workers)
     if train.num_rows < cfg.batch_size:
         raise DataError(f"only {train.num_rows} training lists for a batch of {cfg.batch_size} "
@@ -229,9 +239,11 @@ def prepare_data(cfg: RetrieverTrainConfig) -> dict[str, Any]:
         pq.write_table(t, tmp)
         os.replace(tmp, data_dir / f"{name}.parquet")
     valid = np.array(table.column("valid").to_pylist(), dtype=bool)
+    fn = np.array(table.column("false_negative").to_pylist(), dtype=bool)
     return {"train": str(data_dir / "train.parquet"), "dev": str(data_dir / "dev.parquet"),
             "n_train": train.num_rows, "n_dev": dev.num_rows,
-            "mean_negatives": float(valid.sum(1).mean() - 1)}
+            "mean_negatives": float((valid & ~fn).sum(1).mean() - 1),
+            "mean_false_negatives": float(fn.sum(1).mean())}
 
 
 # ---------------------------------------------------------------------------------- worker side
@@ -249,7 +261,8 @@ def text_batch(batch: pa.Table, query_prefix: str = "", passage_prefix: str = ""
 
     return TextBatch(queries=queries, passages=passages, mask=tensor("valid", torch.bool),
                      passage_ids=tensor("passage_ids", torch.int64),
-                     teacher=tensor("teacher", torch.float32), labels=tensor("labels", torch.float32))
+                     teacher=tensor("teacher", torch.float32), labels=tensor("labels", torch.float32),
+                     false_negative=tensor("false_negative", torch.bool))
 
 
 def _lockstep(batches, device):
@@ -279,6 +292,24 @@ def _mean_across_workers(values: list[float], device) -> float:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return float(t[0] / t[1]) if t[1] > 0 else float("nan")
+
+
+def early_stopping(state: dict, dev_loss: float, epoch: int, *, patience: int,
+                   min_delta: float = 0.0) -> bool:
+    """Record an epoch's dev loss in ``state`` (``best_dev``, ``best_epoch``, ``bad_epochs``,
+    ``stopped_early``); True when it improved on the best by more than ``min_delta``.
+
+    Training stops once ``patience`` epochs in a row failed to improve (Tamber et al.: 2); the
+    checkpoint of ``best_epoch`` is the one exported.
+    """
+    best = state["best_dev"]
+    improved = best is None or dev_loss < best - min_delta  # a NaN dev loss never improves
+    if improved:
+        state.update(best_dev=dev_loss, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["stopped_early"] = state["bad_epochs"] >= patience
+    return improved
 
 
 def train_loop(config: dict) -> None:
@@ -363,13 +394,8 @@ def train_loop(config: dict) -> None:
             dev_losses.append(gc.loss_value(text_batch(batch, cfg.query_prefix, cfg.passage_prefix)))
         dev_loss = _mean_across_workers(dev_losses, device)
 
-        best = state["best_dev"]
-        improved = best is None or dev_loss < best - cfg.min_delta
-        if improved:
-            state.update(best_dev=dev_loss, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["stopped_early"] = state["bad_epochs"] >= cfg.patience
+        improved = early_stopping(state, dev_loss, epoch, patience=cfg.patience,
+                                  min_delta=cfg.min_delta)
         reached_max = bool(cfg.max_steps and state["step"] >= cfg.max_steps)
         state["done"] = state["stopped_early"] or reached_max or epoch == cfg.epochs
         state["epoch"] = epoch
@@ -429,7 +455,7 @@ def export_best(cfg: RetrieverTrainConfig, base_path: Path, run_dir: Path) -> di
         st.prompts = {"query": cfg.query_prefix, "document": cfg.passage_prefix}
     st.save(str(cfg.out))
     metrics = {
-        "loss": cfg.loss, "history": latest["history"], "best_epoch": best_meta["epoch"],
+        "loss": cfg.loss, "preset": cfg.preset, "history": latest["history"], "best_epoch": best_meta["epoch"],
         "best_dev_loss": best_meta["dev_loss"], "stopped_early": latest["stopped_early"],
         "epochs_run": latest["epoch"], "steps": latest["step"], "starts": latest["starts"],
         "checkpoint": str(best_dir), "config": json.loads(cfg.model_dump_json()),
@@ -454,9 +480,15 @@ def train_retriever(cfg: RetrieverTrainConfig, *, address: str | None = None) ->
                                  "data": cfg.data.expanduser().resolve()})
     base_path = resolve_model(cfg.base, "embedder").resolve()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "train_config.json").write_text(cfg.model_dump_json(indent=2))  # resolved settings
+    if cfg.preset:
+        resolved = {k: getattr(cfg, k) for k in PRESETS[cfg.preset]}
+        print(f"[synthrag] train retriever: preset {cfg.preset}: "
+              + ", ".join(f"{k}={v}" for k, v in resolved.items()), flush=True)
     data = prepare_data(cfg)
     print(f"[synthrag] train retriever: {data['n_train']} train / {data['n_dev']} dev lists, "
-          f"{data['mean_negatives']:.1f} negatives per list, loss {cfg.loss}", flush=True)
+          f"{data['mean_negatives']:.1f} negatives + {data['mean_false_negatives']:.1f} false "
+          f"negatives (scope {cfg.fn_scope}) per list, loss {cfg.loss}", flush=True)
     # a local Ray needs a CPU beyond the training workers for Ray Data's read tasks
     need = cfg.workers * cfg.cpus_per_worker + 1
     connect(address, num_cpus=None if address else max(os.cpu_count() or 1, need))

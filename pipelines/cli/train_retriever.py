@@ -14,6 +14,7 @@ from pipelines.cli.app import train_app
 
 @train_app.command("retriever")
 def train_retriever_cmd(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="run directory (retrieval_lists + chunks) or a "
                               ".jsonl/.parquet file of lists with inline texts"),
     base: str = typer.Option("embedded", "--base", help="sentence-transformers dir or 'embedded'"),
@@ -33,6 +34,10 @@ def train_retriever_cmd(
     fn_fraction: float = typer.Option(0.6, "--fn-fraction",
                                       help="drop candidates above this fraction of the "
                                            "positive's teacher score (0 disables)"),
+    fn_scope: str = typer.Option("contrastive", "--fn-scope",
+                                 help="contrastive: false negatives are no contrastive/pairwise "
+                                      "negatives but keep their teacher scores in the listwise "
+                                      "KL (Tamber et al.); all: dropped from every loss"),
     patience: int = typer.Option(2, "--patience"),
     min_delta: float = typer.Option(0.0, "--min-delta"),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
@@ -41,18 +46,28 @@ def train_retriever_cmd(
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="default: GPUs if present"),
     seed: int = typer.Option(0, "--seed"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join"),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="a paper's recipe; flags given with it win. tamber: combined loss, "
+                               "lr 2e-4, 4,096 queries per batch, up to 30 epochs, patience 2, "
+                               "K 19, false negatives > 0.6 out of the contrastive term"),
 ) -> None:
     """Train a retriever with GradCache on Ray Train and export a sentence-transformers model."""
     from training.retriever import DataError, RetrieverTrainConfig, train_retriever
 
+    settings = dict(
+        data=data, base=base, out=out, loss=loss, epochs=epochs, batch_size=batch_size,
+        chunk_size=chunk_size, loss_chunk_size=loss_chunk_size, workers=workers,
+        cpus_per_worker=cpus_per_worker, lr=lr, warmup_ratio=warmup_ratio, max_steps=max_steps,
+        negatives=negatives, fn_fraction=fn_fraction or None, fn_scope=fn_scope,
+        patience=patience, min_delta=min_delta, max_length=max_length, query_prefix=query_prefix,
+        passage_prefix=passage_prefix, use_gpu=gpu, seed=seed)
+    if preset is not None:  # the preset fills what was not given on the command line
+        flag = {"use_gpu": "gpu"}  # (typer may bundle its own click: compare the source by name)
+        settings = {k: v for k, v in settings.items()
+                    if getattr(ctx.get_parameter_source(flag.get(k, k)), "name", "") != "DEFAULT"}
+        settings["preset"] = preset
     try:
-        cfg = RetrieverTrainConfig(
-            data=data, base=base, out=out, loss=loss, epochs=epochs, batch_size=batch_size,
-            chunk_size=chunk_size, loss_chunk_size=loss_chunk_size, workers=workers,
-            cpus_per_worker=cpus_per_worker, lr=lr, warmup_ratio=warmup_ratio,
-            max_steps=max_steps, negatives=negatives, fn_fraction=fn_fraction or None,
-            patience=patience, min_delta=min_delta, max_length=max_length,
-            query_prefix=query_prefix, passage_prefix=passage_prefix, use_gpu=gpu, seed=seed)
+        cfg = RetrieverTrainConfig(**settings)
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from e
     try:
