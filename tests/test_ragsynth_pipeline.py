@@ -89,7 +89,7 @@ def test_examples_cite_real_sentences_and_multi_hop_spans_documents(run_dir):
     for ex in multi:
         docs = {sentences[(c["chunk_id"], c["sentence_id"])]["doc_id"] for c in ex["citations"]}
         assert len(docs) == ex["hop"] >= 2
-        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"].startswith("ragsynth/multihop@")
+        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"].startswith("ragsynth/multihop_question@")  # demo: answer: facts
         # every p-document query has min(2^p - 2, cap) partial variants and a refusal
         variants = [v for v in examples if v["variant_of"] == ex["example_id"]]
         partial = [v for v in variants if v["variant_kind"] == "partial"]
