@@ -51,6 +51,7 @@ def test_citations_compose_answer_to_clue_to_sentence():
     assert ex["citations"] == [{"chunk_id": "manual.md#c0", "sentence_id": "manual.md#c0:s1"},
                                {"chunk_id": "manual.md#c0", "sentence_id": "manual.md#c0:s2"}]
     assert ex["positives"] == ["manual.md#c0"] and ex["hop"] == 1
+    assert ex["answer_source"] == "model"  # the LLM wrote the single-hop answer
     assert ex["clues"][1]["sentence_ids"] == ["manual.md#c0:s1", "manual.md#c0:s2"]
     assert ex["rubric"] == [{"kind": "cover", "text": "Without water the seal overheats within 30 seconds."}]
     assert json.loads(ex["meta"])["answer_sentences"][0]["sentence_ids"] == ["manual.md#c0:s1", "manual.md#c0:s2"]

@@ -16,7 +16,8 @@ CAPS = ["--config", str(CORPUS.parents[1] / "configs" / "demo.yaml")]
 STAGES = ["read", "chunk", "dedupe", "sentences", "quality", "ragsynth_clues", "ragsynth_qa", "ragsynth_cite", "ragsynth_ner",
           "ragsynth_entities_llm", "ragsynth_entities", "ragsynth_bridges", "ragsynth_multihop",
           "ragsynth_multihop_cite", "ragsynth_single_doc_scores", "ragsynth_single_doc", "ragsynth_rewrite",
-          "ragsynth_rewrite_scores", "ragsynth_rewrite_judge", "ragsynth_variants", "ragsynth_variant_build",
+          "ragsynth_rewrite_scores", "ragsynth_rewrite_judge", "ragsynth_variants", "ragsynth_variant_answers",
+          "ragsynth_variant_build",
           "ragsynth_examples", "embed", "index", "ragsynth_lists"]
 
 
@@ -47,6 +48,13 @@ def test_every_stage_reports_a_funnel_that_adds_up(run_dir):
         if sum(s["rejected"].values()):
             assert (run_dir / "rejects" / s["name"]).is_dir(), s["name"]
     stages = {s["name"]: s for s in manifest["stages"]}
+    # the funnel says how many answers each source wrote, and why model answers fell back
+    cite = stages["ragsynth_multihop_cite"]
+    assert sum(cite["answer_source"].values()) == cite["out"] and set(cite["answer_source"]) <= {"model", "facts"}
+    assert sum(cite["answer_fallback"].values()) == cite["answer_source"].get("facts", 0)
+    assert sum(stages["ragsynth_variant_build"]["answer_source"].values()) == stages["ragsynth_variant_build"]["out"]
+    by_source = stages["ragsynth_examples"]["answer_source"]
+    assert sum(n for v in by_source.values() for n in v.values()) == stages["ragsynth_examples"]["out"]
     assert stages["ragsynth_bridges"]["out"] >= 1 and stages["ragsynth_bridges"]["graph"]["edges"] >= 1
     assert stages["ragsynth_multihop"]["in"] == stages["ragsynth_bridges"]["out"]
     assert stages["ragsynth_examples"]["citations_checked"]["missing"] == 0
@@ -81,7 +89,7 @@ def test_examples_cite_real_sentences_and_multi_hop_spans_documents(run_dir):
     for ex in multi:
         docs = {sentences[(c["chunk_id"], c["sentence_id"])]["doc_id"] for c in ex["citations"]}
         assert len(docs) == ex["hop"] >= 2
-        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"].startswith("ragsynth/multihop_question@")
+        assert ex["model"] == "SmolLM2-135M-Instruct" and ex["prompt_id"].startswith("ragsynth/multihop_question@")  # demo: answer: facts
         # every p-document query has min(2^p - 2, cap) partial variants and a refusal
         variants = [v for v in examples if v["variant_of"] == ex["example_id"]]
         partial = [v for v in variants if v["variant_kind"] == "partial"]
@@ -91,6 +99,15 @@ def test_examples_cite_real_sentences_and_multi_hop_spans_documents(run_dir):
             assert set(v["references"]) < set(ex["positives"])
             assert {c["chunk_id"] for c in v["citations"]} <= set(v["references"])
             assert {r["kind"] for r in v["rubric"]} == {"cover", "acknowledge"}
+    # who wrote each answer: the LLM (single-hop, multi-hop that verified, partial answers that
+    # passed their checks), the facts verbatim (multi-hop fallback) or a template
+    for ex in examples:
+        assert ex["answer_source"] in (("model", "facts") if ex["variant_kind"] is None else
+                                       ("model", "template") if ex["variant_kind"] == "partial" else
+                                       ("template",) if ex["variant_kind"] == "refusal" else
+                                       ("model", "facts")), ex
+        if ex["task"] == "single_hop":
+            assert ex["answer_source"] == "model"
     ids = {ex["example_id"] for ex in examples}
     assert len(ids) == len(examples)
     assert all(ex["variant_of"] in ids for ex in examples if ex["variant_of"])
@@ -108,6 +125,7 @@ def test_exports_lists_sft_and_beir(run_dir):
     assert {r["variant_kind"] for r in records} >= {"full", "partial", "refusal"}
     for rec in records:
         assert rec["messages"][-1]["role"] == "assistant" and rec["messages"][-1]["content"]
+        assert rec["answer_source"] in ("model", "facts", "template")
     beir = run_dir / "exports" / "beir"
     assert (beir / "corpus.jsonl").is_file() and (beir / "qrels" / "original.tsv").is_file()
 

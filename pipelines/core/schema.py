@@ -71,6 +71,9 @@ EXAMPLES = pa.schema(
         pa.field("task", pa.string(), nullable=False),
         pa.field("query", pa.string(), nullable=False),
         pa.field("answer", pa.string()),
+        # who wrote ``answer``: "model" (the LLM, from the clues), "facts" (the clues' sentences
+        # verbatim) or "template" (a fixed text, e.g. a refusal); null where a method does not say
+        pa.field("answer_source", pa.string()),
         pa.field("citations", pa.list_(CITATION), nullable=False),
         pa.field("positives", pa.list_(pa.string()), nullable=False),
         pa.field("references", pa.list_(pa.string())),

@@ -5,9 +5,12 @@ manifest and its dropped rows in ``rejects/<stage>/``:
 
     chunks ──clues──▶ facts citing sentences (M2) ──qa──▶ single-hop QA (M1) ──cite──▶ ragsynth_single
     clues ──NER + LLM entities──▶ entities/ (canonical ids) ──graph──▶ bridges of 2-4 clues
-          ──multihop──▶ QA over several documents ──cite──▶ ──single-document check──▶ ragsynth_multihop
+          + relations between the bridged entities as clues
+          ──multihop──▶ QA over several documents ──cite (facts answer if the LLM's fails)──▶
+          ──single-document check──▶ ragsynth_multihop
     base questions ──rewrite (5 transformations)──▶ ──equivalence judge──▶ ragsynth_rewrites
-    base questions on p documents ──partial answers for each proper subset + refusal──▶ ragsynth_variants
+    base questions on p documents ──partial answers (LLM, template fallback) for each proper subset
+          + refusal──▶ ragsynth_variants
     all of them, with their criteria (rubric) ──▶ examples/
     ──▶ retrieval_lists/ (mined negatives), exports/beir/, exports/sft_ragsynth.jsonl
 
@@ -32,7 +35,7 @@ from pipelines.ragsynth import multihop as mh
 from pipelines.ragsynth import singlehop as sh
 from pipelines.ragsynth import variants as var
 from pipelines.stages.quality import seed_chunks
-from pipelines.stages.stage import build_stage, llm_stage
+from pipelines.stages.stage import answer_sources, build_stage, llm_stage
 from pipelines.stages.stage import fingerprints as _fp
 
 if TYPE_CHECKING:
@@ -110,20 +113,23 @@ def multi_hop(run: Run, cfg: RunConfig) -> None:
             rec.extra.update(stats)
 
     with run.stage("ragsynth_bridges", *_fp(run, "ragsynth_entities"), m.hops, m.max_questions, m.max_per_clue,
-                   m.max_entity_degree, m.sentence_clues, cfg.seed) as rec:
+                   m.max_entity_degree, m.sentence_clues, cfg.seed, m.relations and m.llm_entities, m.max_relations,
+                   rs.min_support) as rec:
         if rec is not None:
             table, stats = _bridges(run, cfg)
             run.commit(rec, table, table="ragsynth_bridges")
             rec.extra.update(stats)
 
-    prompt, check = (("ragsynth/multihop_question", mh.check_question) if m.answer == "facts"
-                     else ("ragsynth/multihop", mh.check_multihop))
+    # the LLM stage checks the question only: a written answer is verified when its citations are
+    # composed (ragsynth_multihop_cite), where one that fails falls back to the facts answer
+    prompt = "ragsynth/multihop_question" if m.answer == "facts" else "ragsynth/multihop"
     llm_stage(run, cfg, "ragsynth_multihop", ["ragsynth_bridges"], lambda: run.read("ragsynth_bridges"),
-              "bridge_id", prompt, "ragsynth_multihop_qa", check=check, extra_fp=(m.answer,))
+              "bridge_id", prompt, "ragsynth_multihop_qa", check=mh.check_question, extra_fp=(m.answer,))
     build_stage(run, "ragsynth_multihop_cite", ["ragsynth_multihop"],
                 lambda: run.read("ragsynth_multihop_qa").map_batches(mh.build_candidates, batch_format="pyarrow",
                                                                       fn_kwargs={"min_support": rs.min_support}),
-                "ragsynth_multihop_candidates", extra_fp=(rs.min_support,))
+                "ragsynth_multihop_candidates", extra_fp=(rs.min_support,),
+                report=lambda: _answer_report(run, "ragsynth_multihop_candidates"))
 
     if not m.single_doc_check:
         build_stage(run, "ragsynth_single_doc", ["ragsynth_multihop_cite"],
@@ -139,6 +145,18 @@ def multi_hop(run: Run, cfg: RunConfig) -> None:
                 lambda: _grouped(run, "ragsynth_single_doc_scores", "example_id", mh.decide_single_doc,
                                  judge=m.single_doc_judge, margin=m.single_doc_margin, threshold=m.judge_threshold),
                 "ragsynth_multihop", extra_fp=(m.single_doc_margin, m.judge_threshold))
+
+
+def _answer_report(run: Run, table: str) -> dict:
+    """The manifest's figures of a stage that may fall back: rows per answer source, and the
+    reasons the model's answers fell back."""
+    reasons: dict[str, int] = {}
+    if run.count(table):
+        for meta in run.read_arrow(table, columns=["meta"]).column(0).to_pylist():
+            fb = json.loads(meta or "{}").get("answer_fallback")
+            if fb:
+                reasons[fb["reason"]] = reasons.get(fb["reason"], 0) + 1
+    return {"answer_source": answer_sources(run, table), "answer_fallback": dict(sorted(reasons.items()))}
 
 
 def _with_keep(b: pa.Table) -> pa.Table:
@@ -243,7 +261,7 @@ def _bridges(run: Run, cfg: RunConfig) -> tuple[pa.Table, dict]:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    from pipelines.stages.entities import clue_graph, sample_bridges
+    from pipelines.stages.entities import clue_graph, normalise_name, sample_bridges
 
     m = cfg.ragsynth.multihop
     clues = _clues(run, cfg)
@@ -265,11 +283,20 @@ def _bridges(run: Run, cfg: RunConfig) -> tuple[pa.Table, dict]:
         t = pads.dataset(run.path("chunks"), format="parquet").to_table(
             columns=["chunk_id", "text"], filter=pc.field("chunk_id").isin(chunk_ids))
         texts = dict(zip(t.column(0).to_pylist(), t.column(1).to_pylist()))
-    rows = mh.bridge_rows(paths, by_id, graph, names, texts)
+    relations, canonical_of = [], {}
+    if m.relations and m.llm_entities and m.max_relations and run.count("ragsynth_llm_entities"):
+        llm_rows = run.read_arrow("ragsynth_llm_entities", columns=["clue_json", "llm_output"]).to_pylist()
+        relations = mh.relation_clues(llm_rows, cfg.ragsynth.min_support)
+        for e in ents:
+            canonical_of.setdefault(normalise_name(e["name"]), set()).add(e["canonical_id"])
+    rows = mh.bridge_rows(paths, by_id, graph, names, texts, relations, canonical_of, m.max_relations)
     stats = {"graph": {"clues": graph.number_of_nodes(), "edges": graph.number_of_edges(),
                        "linked_clues": sum(1 for n in graph.nodes if graph.degree(n)),
                        "documents": len({c["doc_id"] for c in clues})},
              "hops": {str(h): sum(1 for p in paths if len(p) == h) for h in sorted(set(map(len, paths)))}}
+    if rows:
+        stats["relation_clues"] = {"extracted": len(relations),
+                                   "in_bridges": sum(k == "relation" for r in rows for k in r["fact_kinds"])}
     table = pa.Table.from_pylist([{**r, **KEEP} for r in rows]) if rows else pa.table(
         {"bridge_id": pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
     return table, stats
@@ -317,13 +344,21 @@ def completeness_variants(run: Run, cfg: RunConfig, parts: list[str]) -> None:
     def partial():
         ds = _union(run, parts) or _read_or_empty(run, parts[0])
         return ds.map_batches(var.partial_rows, batch_format="pyarrow",
-                              fn_kwargs={"cap": v.max_per_question, "run_root": str(run.root)})
+                              fn_kwargs={"cap": v.max_per_question, "run_root": str(run.root),
+                                         "min_support": rs.min_support})
 
+    upstream = []
     if v.partial_questions:
         llm_stage(run, cfg, "ragsynth_variants", parts_stages(run, parts), partial, "variant_key",
                   "ragsynth/partial_question", "ragsynth_variant_qa", check=mh.check_question,
                   extra_fp=(v.max_per_question,))
-    upstream = ["ragsynth_variants"] if v.partial_questions else parts_stages(run, parts)
+        upstream.append("ragsynth_variants")
+    if v.answer == "model":  # one call per partial variant; a rejected reply falls back to the template
+        llm_stage(run, cfg, "ragsynth_variant_answers", parts_stages(run, parts), partial, "variant_key",
+                  "ragsynth/partial_answer", "ragsynth_variant_answers", check=var.check_partial_answer,
+                  extra_fp=(v.max_per_question, rs.min_support))
+        upstream.append("ragsynth_variant_answers")
+    upstream = upstream or parts_stages(run, parts)
 
     def build():
         found = []
@@ -339,8 +374,9 @@ def completeness_variants(run: Run, cfg: RunConfig, parts: list[str]) -> None:
         return found[0].union(*found[1:]) if len(found) > 1 else found[0]
 
     build_stage(run, "ragsynth_variant_build", upstream, build, "ragsynth_variants",
-                extra_fp=(v.max_per_question, v.refusal, v.refusal_text, v.missing_text, rs.min_support,
-                          parts_stages(run, parts), _fp(run, *parts_stages(run, parts))))
+                extra_fp=(v.max_per_question, v.refusal, v.refusal_text, v.missing_text, rs.min_support, v.answer,
+                          parts_stages(run, parts), _fp(run, *parts_stages(run, parts))),
+                report=lambda: _answer_report(run, "ragsynth_variants"))
 
 
 def _read_rows(run: Run, table: str, key: str):
@@ -370,6 +406,7 @@ def assemble(run: Run, parts: list[str]) -> None:
                 run.commit(rec, ds.map_batches(_with_keep, batch_format="pyarrow"), table="examples", schema=EXAMPLES)
             rec.extra["citations_checked"] = verify_citations(run)
             rec.extra["by_kind"] = _by_kind(run)
+            rec.extra["answer_source"] = answer_sources(run, "examples", by=("task", "variant_kind"))
     run.export_jsonl("examples", "examples.jsonl")
 
 

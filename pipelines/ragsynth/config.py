@@ -22,8 +22,10 @@ class MultihopConfig(_Part):
     """Multi-hop through the entity graph (RAGSynth section 3.2)."""
 
     enabled: bool = True
-    answer: Literal["facts", "model"] = "facts"  # facts: the LLM writes the question, the answer is the
-    # bridge's facts verbatim (exact citations); model: the LLM writes both (ragsynth/multihop)
+    # model: the LLM writes the question and the answer from the clues, citing them (ragsynth/multihop);
+    # an answer whose citations do not verify falls back to the facts answer (answer_source "facts").
+    # facts: the LLM writes only the question, the answer is the bridge's facts verbatim
+    answer: Literal["facts", "model"] = "model"
     hops: list[int] = Field(default_factory=lambda: [2, 3])  # clues (= documents) per question, in turn
     max_questions: int = Field(50, ge=0)  # bridges sent to the LLM
     max_per_clue: int = Field(2, ge=1)  # a clue is in at most this many bridges
@@ -32,6 +34,8 @@ class MultihopConfig(_Part):
                                                           "EVENT", "WORK_OF_ART", "LAW", "NORP"])
     llm_entities: bool = True  # LLM entity + relation extraction from clues, beside spaCy NER
     sentence_clues: bool = True  # sentences naming an entity are clues too (verbatim facts)
+    relations: bool = True  # LLM relations between the bridged entities are clues of the bridge too
+    max_relations: int = Field(3, ge=0)  # relation clues per bridge (prompt size)
     similarity: float = Field(0.92, gt=0, le=1)  # name-embedding cosine that proposes a merge
     confirm_with_llm: bool = False  # a yes/no judge confirms each similarity merge
     single_doc_check: bool = True  # reject questions one document answers alone
@@ -76,6 +80,10 @@ class VariantConfig(_Part):
     enabled: bool = True
     max_per_question: int = Field(6, ge=0)  # partial-answer variants per query (2^p - 2 before the cap)
     partial_questions: bool = True  # an LLM question for what each subset answers (retrieval queries)
+    # model: the LLM answers from the clues that remain and says what is missing (one call per
+    # variant, ragsynth/partial_answer); a reply that fails its checks, or template, gives the
+    # available facts verbatim followed by missing_text (answer_source "template")
+    answer: Literal["model", "template"] = "model"
     missing_text: str = ("The provided documents do not contain the rest of the information the question "
                          "asks for ({n} more document(s) would be needed), so that part cannot be answered.")
     refusal: bool = True  # the empty set's refusal for every query

@@ -146,6 +146,7 @@ def sft_record(ex: dict, chunks: dict[str, dict], distractors: list[str], seed: 
                                                  {"role": "user", "content": user},
                                                  {"role": "assistant", "content": answer}],
             "sentence_ids": numbering, "task": ex["task"], "variant_kind": ex.get("variant_kind") or "full",
+            "answer_source": ex.get("answer_source"),
             "split": "dev" if int(stable_id("split", base), 16) % 10 == 0 else "train"}
 
 

@@ -3,8 +3,16 @@
     clues ──NER (spaCy pool) + LLM entities/relations──▶ mentions
           ──resolution (names, aliases, embeddings, optional LLM)──▶ entities/ (canonical ids)
           ──graph (networkx: clues of different documents sharing an entity)──▶ bridges of 2-4 clues
+            + the LLM's relations between the bridged entities, as clues (Fig. 1: relations as clues)
           ──multihop (LLM)──▶ question + answer sentences citing facts ──cite──▶ candidates
           ──single-document check──▶ a question one document answers alone is rejected
+
+With ``answer: model`` (the default) the LLM writes the answer from the clues, each sentence
+citing the facts it uses; the cite stage composes and verifies those citations (M2 ∘ M1, support)
+and, where they fail, keeps the question with the facts answer instead (the bridge's facts
+verbatim, each citing its own sentences), so a bad answer does not lose the bridge. Every
+candidate records ``answer_source`` (``model`` or ``facts``) and, after a fallback, why in
+``meta.answer_fallback``.
 
 The single-document check asks the model with each document alone and with all of them. By
 default (``question-likelihood``) it compares the log-likelihood of the question per token: if one
@@ -27,7 +35,7 @@ import pyarrow as pa
 
 from pipelines.core.schema import REJECT_DETAIL, REJECT_REASON, dumps, stable_id
 from pipelines.ragsynth.singlehop import EXAMPLE_STAGING, METHOD, example_from
-from pipelines.stages.citations import compose, content_words
+from pipelines.stages.citations import compose, content_words, support
 from pipelines.stages.entities import coarse_label, normalise_name
 from pipelines.stages.judge import per_token, yes_probability
 
@@ -126,21 +134,79 @@ def entity_rows(forms: dict, canonical: dict) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- relations → clues
+def relation_clues(llm_rows: list[dict], min_support: float) -> list[dict]:
+    """The LLM's relations (``ragsynth_llm_entities``) as clues: ``"head relation tail."`` read
+    from the fact the relation cites, so M2 is that fact's sentences. A relation is kept only
+    when both ends are named in its fact and its words are found in those sentences (support):
+    a relation (and its own words: "founded", not "sold") is a clue only where the document
+    states it."""
+    out = []
+    for r in llm_rows:
+        if not r.get("llm_output"):
+            continue
+        facts = json.loads(r["clue_json"])
+        seen = set()
+        for j, rel in enumerate(json.loads(r["llm_output"])["relations"]):
+            if not 1 <= rel["fact"] <= len(facts):
+                continue
+            src = facts[rel["fact"] - 1]
+            head, tail = rel["head"].strip(), rel["tail"].strip()
+            fact = normalise_name(src["text"])
+            if not (normalise_name(head) and normalise_name(tail)) or normalise_name(head) == normalise_name(tail) \
+                    or normalise_name(head) not in fact or normalise_name(tail) not in fact:
+                continue
+            text = f"{head} {rel['relation'].strip()} {tail}."
+            said = content_words(rel["relation"])  # the relation's own words must be stated too
+            if normalise_name(text) in seen or support(text, src["sentences"]) < min_support or \
+                    (said and support(rel["relation"], src["sentences"]) < min_support):
+                continue
+            seen.add(normalise_name(text))
+            out.append({"clue_id": f"{src['clue_id']}/r{j}", "chunk_id": src["chunk_id"], "doc_id": src["doc_id"],
+                        "text": text, "sentence_ids": list(src["sentence_ids"]), "sentences": list(src["sentences"]),
+                        "kind": "relation", "ends": [normalise_name(head), normalise_name(tail)]})
+    return out
+
+
+def bridge_relations(path_clues: list[dict], linking: set[str], relations: list[dict],
+                     canonical_of: dict[str, set[str]], cap: int) -> list[dict]:
+    """The relation clues of a bridge: read from a sentence of one of its clues, with an end that
+    is one of the entities linking the bridge (relations between the bridged entities), at most
+    ``cap``, those linking two bridged entities first."""
+    sentences = {s for c in path_clues for s in c["sentence_ids"]}
+    texts = {normalise_name(c["text"]) for c in path_clues}
+    found = []
+    for rel in relations:
+        if not sentences & set(rel["sentence_ids"]) or normalise_name(rel["text"]) in texts:
+            continue
+        ends = [canonical_of.get(e, set()) & linking for e in rel["ends"]]
+        if any(ends):
+            texts.add(normalise_name(rel["text"]))
+            found.append((-sum(1 for e in ends if e), len(found), rel))
+    return [{k: v for k, v in rel.items() if k != "ends"} for *_, rel in sorted(found)[:cap]]
+
+
 # ----------------------------------------------------------------------------- bridges → questions
 def bridge_rows(paths: list[list[str]], clues: dict[str, dict], graph, names: dict[str, str],
-                chunk_text: dict[str, str]) -> list[dict]:
-    """One row per bridge: its clues in path order, the entities that link them, the chunks."""
+                chunk_text: dict[str, str], relations: list[dict] | None = None,
+                canonical_of: dict[str, set[str]] | None = None, max_relations: int = 0) -> list[dict]:
+    """One row per bridge: its clues in path order, then the relation clues between its
+    entities (see :func:`bridge_relations`), the entities that link them, the chunks.
+    ``fact_kinds`` says which facts are clues and which are relations."""
     rows = []
     for path in paths:
-        linking = []
+        linking, ids = [], set()
         for a, b in zip(path, path[1:]):
             for e in graph.edges[a, b]["entities"]:
+                ids.add(e)
                 if names[e] not in linking:
                     linking.append(names[e])
-        cs = [clues[c] for c in path]
+        cs = [{**clues[c], "kind": "clue"} for c in path]
+        if relations and max_relations:
+            cs += bridge_relations(cs, ids, relations, canonical_of or {}, max_relations)
         rows.append({"bridge_id": stable_id("bridge", *path), "clue_json": json.dumps(cs),
-                     "facts": [c["text"] for c in cs], "n_docs": len({c["doc_id"] for c in cs}),
-                     "bridge": " and ".join(linking[:3]),
+                     "facts": [c["text"] for c in cs], "fact_kinds": [c["kind"] for c in cs],
+                     "n_docs": len({c["doc_id"] for c in cs}), "bridge": " and ".join(linking[:3]),
                      "contexts": json.dumps({c["doc_id"]: chunk_text[c["chunk_id"]] for c in cs})})
     return rows
 
@@ -155,7 +221,8 @@ def check_question(row: dict, reply: dict) -> str | None:
         return "unchanged: the question repeats the original"
     if not content_words(question) & content_words(" ".join(row["facts"])):
         return "question_off_topic: the question shares no content word with its facts"
-    for f in row["facts"]:
+    kinds = row.get("fact_kinds") or ["clue"] * len(row["facts"])
+    for f in (f for f, k in zip(row["facts"], kinds) if k != "relation"):  # a relation may be asked about
         words = content_words(f)
         if words and words <= content_words(question):
             return "copies_fact: the question contains a whole fact"
@@ -176,25 +243,58 @@ def check_multihop(row: dict, reply: dict) -> str | None:
     return None
 
 
+def facts_answer(clues: list[dict]) -> list[dict]:
+    """The facts answer: each clue of the bridge (not its relations) an answer sentence citing itself."""
+    return [{"sentence": c["text"], "facts": [i]} for i, c in enumerate(clues, start=1)
+            if c.get("kind", "clue") != "relation"]
+
+
+def verify_answer(row: dict, qa: dict, clues: list[dict], min_support: float) -> dict:
+    """Compose and check a written multi-hop answer: the citations resolve (M2 ∘ M1), every
+    sentence is supported by what it cites, every document is cited. ``compose``'s result, or
+    ``{"reason", "detail"}``."""
+    err = check_multihop(row, qa)
+    if err:
+        return {"reason": err.split(":", 1)[0], "detail": {"error": err}}
+    composed = compose(qa["answer"], clues, min_support)
+    if "reason" not in composed and len(composed["docs"]) < len({c["doc_id"] for c in clues}):
+        composed = {"reason": "document_not_cited", "detail": {"docs_cited": composed["docs"]}}
+    return composed
+
+
 def build_candidates(batch: pa.Table, min_support: float) -> pa.Table:
+    """Multi-hop replies → candidate examples. A model-written answer that fails
+    :func:`verify_answer` is replaced by the facts answer (``answer_source: facts``, the failure
+    in ``meta.answer_fallback``); only a facts answer that fails too is rejected."""
     out = []
     for row in batch.to_pylist():
         lineage = {"stage": "ragsynth_multihop_cite", "prompt_id": row["prompt_id"], "model": row["model"],
                    "seed": row["seed"]}
         qa, clues = json.loads(row["llm_output"]), json.loads(row["clue_json"])
-        if "answer" not in qa:  # answers from facts: each fact is an answer sentence citing itself
-            qa["answer"] = [{"sentence": c["text"], "facts": [i]} for i, c in enumerate(clues, start=1)]
-        composed = compose(qa["answer"], clues, min_support)
-        if "reason" not in composed and len(composed["docs"]) < len({c["doc_id"] for c in clues}):
-            composed = {"reason": "document_not_cited", "detail": {"docs_cited": composed["docs"]}}
+        source, fallback = "facts", None
+        if "answer" in qa:
+            composed = verify_answer(row, qa, clues, min_support)
+            if "reason" in composed:
+                fallback = {"reason": composed["reason"], "detail": composed["detail"], "model_answer": qa["answer"]}
+            else:
+                source = "model"
+        if source == "facts":
+            qa["answer"] = facts_answer(clues)
+            composed = compose(qa["answer"], clues, min_support)
+            if "reason" not in composed and len(composed["docs"]) < len({c["doc_id"] for c in clues}):
+                composed = {"reason": "document_not_cited", "detail": {"docs_cited": composed["docs"]}}
         if "reason" in composed:
             out.append({"example_id": stable_id(METHOD, "multi_hop", row["bridge_id"], qa["question"]),
                         "method": METHOD, "task": "multi_hop", "query": qa["question"],
                         "answer": " ".join(a["sentence"] for a in qa["answer"]), "citations": [], "positives": [],
                         **lineage, REJECT_REASON: composed["reason"], REJECT_DETAIL: dumps(composed["detail"])})
             continue
+        meta = {"bridge": row["bridge"], "contexts": json.loads(row["contexts"]),
+                "relation_clues": [c["clue_id"] for c in clues if c.get("kind") == "relation"]}
+        if fallback:
+            meta["answer_fallback"] = fallback
         ex = example_from(qa, clues, composed, task="multi_hop", lineage=lineage, id_parts=(row["bridge_id"],),
-                          meta={"bridge": row["bridge"], "contexts": json.loads(row["contexts"])})
+                          meta=meta, answer_source=source)
         out.append({**ex, REJECT_REASON: None, REJECT_DETAIL: None})
     return pa.Table.from_pylist(out, schema=EXAMPLE_STAGING)
 

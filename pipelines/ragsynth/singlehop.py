@@ -99,14 +99,16 @@ def cover_rubric(answer_sentences: list[dict]) -> list[dict]:
 
 
 def example_from(qa: dict, clues: list[dict], composed: dict, *, task: str, lineage: dict,
-                 id_parts: tuple, meta: dict | None = None) -> dict:
-    """An examples row from a QA reply and the composition of its citations."""
+                 id_parts: tuple, meta: dict | None = None, answer_source: str = "model") -> dict:
+    """An examples row from a QA reply and the composition of its citations; ``answer_source``
+    says who wrote the answer sentences (the LLM, or the clues verbatim: ``facts``)."""
     question = qa["question"].strip()
     used = [c for c in clues if any(c["clue_id"] in s["clue_ids"] for s in composed["answer_sentences"])]
     chunks = list(dict.fromkeys(c["chunk_id"] for c in clues))
     return {
         "example_id": stable_id(METHOD, task, *id_parts, question), "method": METHOD, "task": task,
         "query": question, "answer": " ".join(s["text"] for s in composed["answer_sentences"]),
+        "answer_source": answer_source,
         "citations": composed["citations"], "positives": chunks, "references": chunks,
         "clues": [clue_struct(c) for c in clues],
         "hop": len({c["doc_id"] for c in clues}), "rubric": cover_rubric(composed["answer_sentences"]),

@@ -99,9 +99,30 @@ def ray_from_arrow(table: pa.Table):
 
 
 def build_stage(run: Run, name: str, upstream: list[str], build: Callable, table: str,
-                schema: pa.Schema = EXAMPLES, extra_fp: tuple = ()) -> None:
+                schema: pa.Schema = EXAMPLES, extra_fp: tuple = (), report: Callable[[], dict] | None = None) -> None:
     """A stage without a model: ``build()`` returns a dataset (or Arrow table) of rows with
-    ``reject_reason``; kept rows are written to ``table`` with ``schema``."""
+    ``reject_reason``; kept rows are written to ``table`` with ``schema``. ``report()``, called
+    after the commit, adds its figures to the stage's manifest entry."""
     with run.stage(name, *fingerprints(run, *upstream), *extra_fp) as rec:
         if rec is not None:
             run.commit(rec, build(), table=table, schema=schema)
+            if report is not None:
+                rec.extra.update(report())
+
+
+def answer_sources(run: Run, table: str, by: tuple[str, ...] = ()) -> dict:
+    """How many kept rows of ``table`` each ``answer_source`` wrote (``model``, ``facts``,
+    ``template``), optionally under ``by`` columns joined with ``/`` (null: ``full``)."""
+    if not run.count(table):
+        return {}
+    t = run.read_arrow(table, columns=["answer_source", *by]).to_pylist()
+    out: dict = {}
+    for r in t:
+        src = r["answer_source"] or "unknown"
+        if by:
+            k = "/".join(str(r[b] or "full") for b in by)
+            out.setdefault(k, {})
+            out[k][src] = out[k].get(src, 0) + 1
+        else:
+            out[src] = out.get(src, 0) + 1
+    return {k: (dict(sorted(v.items())) if isinstance(v, dict) else v) for k, v in sorted(out.items())}
