@@ -51,7 +51,7 @@ def test_every_stage_reports_a_funnel_that_adds_up(run_dir):
     # the funnel says how many answers each source wrote, and why model answers fell back
     cite = stages["ragsynth_multihop_cite"]
     assert sum(cite["answer_source"].values()) == cite["out"] and set(cite["answer_source"]) <= {"model", "facts"}
-    assert sum(cite["answer_fallback"].values()) == cite["answer_source"].get("facts", 0)
+    assert sum(cite["answer_fallback"].values()) <= cite["answer_source"].get("facts", 0)  # facts mode: no fallback
     assert sum(stages["ragsynth_variant_build"]["answer_source"].values()) == stages["ragsynth_variant_build"]["out"]
     by_source = stages["ragsynth_examples"]["answer_source"]
     assert sum(n for v in by_source.values() for n in v.values()) == stages["ragsynth_examples"]["out"]
