@@ -54,9 +54,6 @@ def group_map(ds, key: str, fn: Callable[..., pa.Table], *, n_rows: int, schema:
     shuffled into :func:`partitions` partitions. :meth:`Run.commit` takes either."""
     kwargs = fn_kwargs or {}
     if n_rows <= driver_max_rows:
-        table = to_table(ds)
-        if table.num_rows == 0:
-            return schema.empty_table() if schema is not None else table
-        return apply_groups(table, key, fn, schema, **kwargs)
+        return apply_groups(to_table(ds), key, fn, schema, **kwargs)
     return ds.groupby(key, num_partitions=partitions(n_rows)).map_groups(fn, fn_kwargs=kwargs,
                                                                          batch_format="pyarrow")

@@ -22,6 +22,7 @@ Each part is switchable and capped under ``ragsynth:`` in the config. The pieces
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
@@ -150,12 +151,9 @@ def multi_hop(run: Run, cfg: RunConfig) -> None:
 def _answer_report(run: Run, table: str) -> dict:
     """The manifest's figures of a stage that may fall back: rows per answer source, and the
     reasons the model's answers fell back."""
-    reasons: dict[str, int] = {}
-    if run.count(table):
-        for meta in run.read_arrow(table, columns=["meta"]).column(0).to_pylist():
-            fb = json.loads(meta or "{}").get("answer_fallback")
-            if fb:
-                reasons[fb["reason"]] = reasons.get(fb["reason"], 0) + 1
+    metas = run.read_arrow(table, columns=["meta"]).column(0).to_pylist() if run.count(table) else []
+    fallbacks = (json.loads(m or "{}").get("answer_fallback") for m in metas)
+    reasons = Counter(fb["reason"] for fb in fallbacks if fb)
     return {"answer_source": answer_sources(run, table), "answer_fallback": dict(sorted(reasons.items()))}
 
 

@@ -6,7 +6,7 @@ Every method builds its pipeline from these.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -115,14 +115,10 @@ def answer_sources(run: Run, table: str, by: tuple[str, ...] = ()) -> dict:
     ``template``), optionally under ``by`` columns joined with ``/`` (null: ``full``)."""
     if not run.count(table):
         return {}
-    t = run.read_arrow(table, columns=["answer_source", *by]).to_pylist()
-    out: dict = {}
-    for r in t:
-        src = r["answer_source"] or "unknown"
-        if by:
-            k = "/".join(str(r[b] or "full") for b in by)
-            out.setdefault(k, {})
-            out[k][src] = out[k].get(src, 0) + 1
-        else:
-            out[src] = out.get(src, 0) + 1
-    return {k: (dict(sorted(v.items())) if isinstance(v, dict) else v) for k, v in sorted(out.items())}
+    rows = run.read_arrow(table, columns=["answer_source", *by]).to_pylist()
+    if not by:
+        return dict(sorted(Counter(r["answer_source"] or "unknown" for r in rows).items()))
+    out: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        out["/".join(str(r[b] or "full") for b in by)][r["answer_source"] or "unknown"] += 1
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
