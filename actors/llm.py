@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Protocol
 
@@ -558,11 +559,12 @@ class LLMActor:
 
     def __init__(self, llm: dict, prompt: str | dict[str, str], stage: str, check: Check | None = None,
                  prompt_search: list[str] | None = None, prompt_key: str | None = None,
-                 journal_dir: str | None = None):
+                 journal_dir: str | None = None, engine: Engine | None = None):
         """``prompt`` is a prompt name, or a mapping {value: prompt name} chosen per row by the
         row's ``prompt_key`` column (e.g. one prompt per query type in one actor pool).
         ``journal_dir``: a :class:`~actors.crash_journal.CrashJournal` folder; a row held by
-        ``llm.max_crashes`` dead workers is rejected (``actor_crashed``) instead of retried."""
+        ``llm.max_crashes`` dead workers is rejected (``actor_crashed``) instead of retried.
+        ``engine``: an engine already loaded (a warm server's, :mod:`actors.llm_pool`)."""
         self.cfg = LLMConfig.model_validate(llm)
         names = prompt if isinstance(prompt, dict) else {None: prompt}
         if isinstance(prompt, dict) and not prompt_key:
@@ -573,7 +575,7 @@ class LLMActor:
         self.stage = stage
         self.check = check
         self.journal = CrashJournal(journal_dir, self.cfg.max_crashes) if journal_dir else None
-        self.engine = make_engine(self.cfg)
+        self.engine = engine if engine is not None else make_engine(self.cfg)
 
     def _cost(self, n: int, started: float) -> list[Usage]:
         """Per row of the engine call that began at ``started``: its tokens (when the engine
@@ -786,16 +788,24 @@ def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, che
 
     import ray.data
 
+    from actors import llm_pool
+
     journal = CrashJournal(journal_dir or tempfile.mkdtemp(prefix=f"synthrag-{stage}-inflight-"), llm.max_crashes)
     journal.clear()
     if rows:
         ds = ds.repartition(max(1, min(2000, -(-rows // llm.batch_size))))
+    spec = dict(llm=llm.model_dump(), prompt=prompt, stage=stage, check=check, prompt_search=prompt_search,
+                prompt_key=prompt_key, journal_dir=str(journal.folder))
+    pool = llm_pool.active()
+    if pool is not None:  # warm servers shared by the run's stages; light tasks feed them
+        servers = pool.get(spec["llm"], -(-(rows or 1) // llm.batch_size))
+        return ds.map_batches(llm_pool.serve_batch, fn_kwargs=dict(servers=servers, key=uuid.uuid4().hex, spec=spec),
+                              batch_size=llm.batch_size, batch_format="pyarrow", num_cpus=0,
+                              compute=ray.data.TaskPoolStrategy(size=2 * len(servers)))
     lo, hi = llm.concurrency
     return ds.map_batches(
         LLMActor,
-        fn_constructor_kwargs=dict(llm=llm.model_dump(), prompt=prompt, stage=stage, check=check,
-                                   prompt_search=prompt_search, prompt_key=prompt_key,
-                                   journal_dir=str(journal.folder)),
+        fn_constructor_kwargs=spec,
         batch_size=llm.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -332,3 +333,39 @@ def test_llm_stage_accounts_for_best_of_n(ray_local, tiny_llm, tmp_path):
     assert st["llm"]["tries"] == {"2": 2}
     kept = run.read_arrow("unit_out").to_pylist()
     assert all(json.loads(r["llm_output"])["question"] != greedy[r["text"]] for r in kept)
+
+
+@pytest.mark.slow
+def test_stages_in_a_warm_scope_share_one_server_and_agree_with_a_fresh_pool(ray_local, tiny_llm, tmp_path):
+    """Inside ``llm_pool.warm()`` two LLM maps are served by the same process (the model is
+    loaded once), their replies equal a per-stage actor pool's, and the scope's end frees it."""
+    import ray
+
+    from actors import llm_pool
+
+    rows = [{"text": t} for t in ["Bees make honey.", "Ice melts at zero degrees.", "Owls hunt at night."]]
+    llm = LLMConfig(engine="transformers", model=str(tiny_llm), batch_size=2, max_retries=0, num_cpus=1)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+
+    def check(row, reply):
+        (pids / str(os.getpid())).touch()
+        return None
+
+    def replies():
+        ds = llm_map(ray.data.from_items(rows), llm=llm, prompt="test/echo_question", stage="s", check=check, rows=3)
+        return {r["text"]: r["llm_output"] for r in ds.take_all()}
+
+    cold = replies()
+    cold_pids = set(os.listdir(pids))
+    for p in cold_pids:
+        (pids / p).unlink()
+    with llm_pool.warm() as pool:
+        first, second = replies(), replies()
+        (servers,) = pool.servers.values()
+        assert len(servers) == 1  # 3 rows in batches of 2 would want 2; llm.concurrency caps it at 1
+        warm_pids = set(os.listdir(pids))
+    assert first == second == cold and all(json.loads(v)["question"] for v in cold.values())
+    assert len(warm_pids) == 1 and warm_pids.isdisjoint(cold_pids)
+    assert not pool.servers  # released with the scope
+    assert llm_pool.active() is None

@@ -147,10 +147,15 @@ def _complete(f: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_killed_llm_actor_loses_nothing(ray_local, tiny_llm, tmp_path):
-    """The first time the actor sees row 'boom' its process dies; Ray restarts it and retries."""
+@pytest.mark.parametrize("warm", [False, True], ids=["stage_pool", "warm_server"])
+def test_killed_llm_actor_loses_nothing(ray_local, tiny_llm, tmp_path, warm):
+    """The first time the actor sees row 'boom' its process dies; Ray restarts it and retries.
+    The same holds for a run's warm server (actors/llm_pool.py)."""
+    import contextlib
+
     import ray
 
+    from actors import llm_pool
     from actors.llm import LLMConfig, llm_map
 
     marker = tmp_path / "killed-once"
@@ -162,10 +167,11 @@ def test_killed_llm_actor_loses_nothing(ray_local, tiny_llm, tmp_path):
         return None
 
     texts = ["Bees make honey from nectar.", "Boom: the fuse blew in the pump house.", "Owls hunt at night."]
-    ds = llm_map(ray.data.from_items([{"text": t} for t in texts]),
-                 llm=LLMConfig(engine="transformers", model=str(tiny_llm), num_cpus=1, batch_size=1, max_retries=0),
-                 prompt="test/echo_question", stage="crash", check=check)
-    out = ds.take_all()
+    with llm_pool.warm() if warm else contextlib.nullcontext():
+        ds = llm_map(ray.data.from_items([{"text": t} for t in texts]),
+                     llm=LLMConfig(engine="transformers", model=str(tiny_llm), num_cpus=1, batch_size=1, max_retries=0),
+                     prompt="test/echo_question", stage="crash", check=check)
+        out = ds.take_all()
     assert marker.exists(), "the actor was never killed"
     assert sorted(r["text"] for r in out) == sorted(texts)
     for r in out:

@@ -57,7 +57,9 @@ def summary_lines(run) -> list[str]:
 
 
 def execute(command: str, corpus: Path, out: Path, config, overrides, address, method=None, limit=None) -> None:
-    """Ingest the corpus, then run ``method(run, cfg, limit=...)``; the manifest records failure."""
+    """Ingest the corpus, then run ``method(run, cfg, limit=...)``; the manifest records failure.
+    The method's LLM stages share warm servers (one per model, :mod:`actors.llm_pool`)."""
+    from actors import llm_pool
     from pipelines.stages.ingest import ingest as run_ingest
 
     t0 = time.perf_counter()
@@ -65,7 +67,8 @@ def execute(command: str, corpus: Path, out: Path, config, overrides, address, m
     try:
         run_ingest(run, corpus, cfg.ingest)
         if method is not None:
-            method(run, cfg, limit=limit)
+            with llm_pool.warm():
+                method(run, cfg, limit=limit)
     except BaseException:
         run.finish("failed")
         raise

@@ -35,6 +35,9 @@ from pipelines.core.schema import (
     validate,
 )
 
+# A table this small (on disk) is read on the driver and given to Ray as one Arrow table
+SMALL_TABLE_BYTES = 32 << 20
+
 _VERSIONED = ["synthrag", "ray", "torch", "transformers", "sentence-transformers", "spacy",
               "faiss-cpu", "pyarrow", "vllm", "deepspeed"]
 
@@ -120,13 +123,20 @@ class Run:
         return pads.dataset(self.path(table), format="parquet").count_rows() if self.has(table) else 0
 
     def read(self, table: str, *, columns: list[str] | None = None):
-        """A lazy Ray dataset over a table of this run."""
+        """A Ray dataset over a table of this run: streamed from its files (``read_parquet``),
+        or, for a table of at most ``SMALL_TABLE_BYTES`` on disk, read here and handed to Ray
+        as one Arrow table (``from_arrow``). Same rows either way; a Parquet read operator costs
+        ~2-3 s per execution however few its rows (its read tasks and size sampling), which
+        made every stage of a small run seconds long (benchmarks/RESULTS.md, small runs)."""
         import ray.data
 
         if not self.has(table):
             if self.path(table).is_dir():  # committed, but every row was rejected upstream
                 return ray.data.from_items([])
             raise FileNotFoundError(f"{self.path(table)} does not exist; run the stage that makes it")
+        files = list(self.path(table).glob("*.parquet"))
+        if sum(f.stat().st_size for f in files) <= SMALL_TABLE_BYTES:
+            return ray.data.from_arrow(self.read_arrow(table, columns=columns))
         return ray.data.read_parquet(str(self.path(table)), columns=columns)
 
     def sample_keys(self, table: str, column: str, n: int | None, seed: int = 0) -> list[str]:
