@@ -13,6 +13,8 @@ changes.
   a stage with other sampling or retry settings reuses the same model.
 - The pool grows with the work, one server per batch up to ``llm.concurrency[1]`` (at least
   ``concurrency[0]``), and never shrinks within the scope; it is killed when the scope ends.
+  One model is warm at a time (a stage on another model frees the first one's servers), and
+  the servers leave at least one of the cluster's CPUs to the stages' other tasks.
 - A server that dies (segfault, OOM kill, a poison row) is restarted by Ray and the batch
   retried, as a Ray Data actor would be; the journal reruns the rows it held one by one.
 - Servers reserve the CPUs/GPUs they compute on: a step that needs them for something else
@@ -73,9 +75,13 @@ class Pool:
         import ray
 
         key = engine_key(llm)
+        if key not in self.servers:  # one model warm at a time: another model's servers go first
+            self.release()
         have = self.servers.setdefault(key, [])
         lo, hi = llm["concurrency"]
         n = max(lo, min(hi, wanted))
+        if llm["num_cpus"] > 0:  # held between stages: leave a CPU for the stages' other tasks
+            n = min(n, max(1, int((ray.cluster_resources().get("CPU", 1) - 1) // llm["num_cpus"])))
         if len(have) < n:
             cls = ray.remote(LLMServer).options(
                 num_cpus=llm["num_cpus"], num_gpus=llm["num_gpus"] or None,

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import yaml
 
+from actors import llm_pool
 from actors.llm import COST_COLUMNS
 from actors.teacher import TeacherConfig
 from pipelines.core.run import Run
@@ -294,6 +295,7 @@ def train_stage(run: Run, qg: QuerygenConfig) -> None:
             if rec.in_ == 0:
                 raise ValueError("querygen.train: no retrieval lists survived the filters; nothing to train on "
                                  "(raise --limit, or see rejects/querygen_filter)")
+            llm_pool.release()  # training needs the CPUs/GPUs the generation servers hold
             summary = train_retriever(RetrieverTrainConfig(data=run.root, out=out, **settings))
             rec.out = rec.in_  # every list is used (90% train, 10% dev); steps are in "training"
             rec.extra["training"] = {k: summary[k] for k in ("loss", "best_epoch", "best_dev_loss", "stopped_early",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors import llm_pool
 from pipelines.core.run import KEEP, Run
 from pipelines.core.schema import (
     EXAMPLES,
@@ -211,6 +212,7 @@ def finetune(run: Run, cfg: RunConfig) -> Path | None:
                 root.mkdir(parents=True, exist_ok=True)
                 data = root / "slice0_sft.jsonl"
                 data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                llm_pool.release()  # training needs the CPUs/GPUs the generation servers hold
                 m = train(SFTConfig(data=str(data), base=c.base, out=str(out), lora=c.lora, workers=c.workers,
                                     epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size, lr=c.lr,
                                     max_length=c.max_length, dev_fraction=0.0, seed=cfg.seed))
