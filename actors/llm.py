@@ -58,20 +58,36 @@ class LLMConfig(BaseModel):
     max_retries: int = Field(2, ge=0)  # extra attempts after the first
     # best-of-n: each attempt samples this many candidates per row in one batched engine call and
     # keeps the first that parses and passes the stage's check (candidate 1 greedy when the
-    # prompt is; the others at retry_temperature); llm_tries records which one was kept
-    best_of: int = Field(1, ge=1)
+    # prompt is; the others at retry_temperature); llm_tries records which one was kept.
+    # None: each prompt's own sampling.best_of (its small variant sizes it for a 135M model)
+    best_of: int | None = Field(None, ge=1)
     max_crashes: int = Field(2, ge=1)  # a row held by this many dead workers is rejected, not retried
     retry_temperature: float = 0.7  # used for retries when the prompt is greedy
     seed: int = 0
     max_input_tokens: int = 1536  # longer prompts are truncated from the left of the user text
     guided: bool = True  # JSON-schema constrained decoding (xgrammar on transformers, vLLM's own)
     max_tokens: int | None = None  # overrides every prompt's sampling.max_tokens when set
+    # which wording of each prompt file (its `variants`): small = short instructions, one worked
+    # example, tight output grammars, for models under ~1B parameters; auto = small for the
+    # embedded 135M model, the default wording for any other model
+    prompt_variant: Literal["auto", "default", "small"] = "auto"
     # KV states of shared prompt prefixes kept per actor (transformers engine; see
     # actors/prefix_cache.py); 0 turns reuse off. vLLM: its automatic prefix caching on/off
     prefix_cache: int = Field(8, ge=0)
     # vLLM: what its prompt log-probs hold; raw_logits serves SCARLet's logit target (its
     # Eq. 5), and then only score_tokens works (the transformers engine always gives both)
     logprobs_mode: Literal["raw_logprobs", "raw_logits"] = "raw_logprobs"
+
+    @property
+    def variant(self) -> str | None:
+        """The prompt variant in use (None: each file's default wording)."""
+        v = ("small" if self.model == "embedded" else "default") if self.prompt_variant == "auto" else self.prompt_variant
+        return None if v == "default" else v
+
+    @property
+    def small(self) -> bool:
+        """Settings a method resolves from ``auto`` follow this (the small-model variant)."""
+        return self.variant == "small"
 
     def fingerprint(self) -> dict:
         """The settings that change what the LLM writes (a stage's cache key); how it is run
@@ -569,7 +585,7 @@ class LLMActor:
         names = prompt if isinstance(prompt, dict) else {None: prompt}
         if isinstance(prompt, dict) and not prompt_key:
             raise ValueError("a prompt mapping needs prompt_key: the column that selects the prompt")
-        self.prompts = {k: prompt_files.load(v, search=prompt_search) for k, v in names.items()}
+        self.prompts = {k: prompt_files.load(v, search=prompt_search, variant=self.cfg.variant) for k, v in names.items()}
         self.prompt_key = prompt_key
         self.prompt = next(iter(self.prompts.values()))
         self.stage = stage
@@ -592,7 +608,7 @@ class LLMActor:
         the first that passes; ``cost.tries`` is its 1-based index, over all attempts."""
         if prompt.continuations is not None:
             return self._score(rows, prompt)
-        n = self.cfg.best_of
+        n = self.cfg.best_of or prompt.sampling.best_of
         sampling = prompt.sampling
         if self.cfg.max_tokens:
             sampling = sampling.model_copy(update={"max_tokens": self.cfg.max_tokens})

@@ -8,9 +8,12 @@ rejected by reason, then kept rows per chunk sent to the LLM and per minute of t
     .venv/bin/python benchmarks/bench_yield.py --chunks 8 --method ragsynth
     .venv/bin/python benchmarks/bench_yield.py --chunks 6 --method querygen --corpora bundled,pydoc
 
-Variants (``--variants``, default ``before,after``):
-  before  ingest.quality.enabled=false, llm.best_of=1  (the first N chunks by seeded hash, one try)
-  after   the defaults: the chunk filter (best N prose chunks, spread over documents), llm.best_of
+Variants (``--variants``, default ``before,previous,after``):
+  before    no chunk filter, one try, the default prompt wording, LLM clues and answers (the first
+            N chunks by seeded hash): synthrag before the yield issue
+  previous  the chunk filter on (best N prose chunks, spread over documents), otherwise as before
+  after     the defaults: for the embedded model the small prompt variant (sentence clues, the
+            clue as the answer, question grammars, best-of-4 questions)
   and any ``name=key=value;key=value`` given on the command line.
 
 RAGSynth runs single-hop only (its yield goal: a kept QA with resolving citations per chunk);
@@ -32,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
-VARIANTS = {"before": ["ingest.quality.enabled=false", "llm.best_of=1"], "after": []}
+PREVIOUS = ["llm.best_of=1", "llm.prompt_variant=default", "ragsynth.clues=model", "ragsynth.single_hop_answer=model"]
+VARIANTS = {"before": ["ingest.quality.enabled=false", *PREVIOUS], "previous": PREVIOUS, "after": []}
 METHOD_SETS = {
     "ragsynth": ["ragsynth.multihop.enabled=false", "ragsynth.rewrites.enabled=false",
                  "ragsynth.variants.enabled=false", "ragsynth.export.lists=false", "ragsynth.export.sft=false",
@@ -102,7 +106,7 @@ def main() -> None:
     ap.add_argument("--method", choices=sorted(METHOD_SETS), default="ragsynth")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--corpora", default="scifact,hotpotqa,bundled,pydoc")
-    ap.add_argument("--variants", default="before,after",
+    ap.add_argument("--variants", default="before,previous,after",
                     help="before, after, or name=key=value;key=value (extra --set overrides)")
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     a = ap.parse_args()

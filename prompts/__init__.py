@@ -10,6 +10,11 @@ Each file holds::
     schema: {...}                 # JSON Schema of the reply (guided decoding + validation)
     sampling: {temperature: 0.2, max_tokens: 256}
 
+A file may hold ``variants``: named overrides of any of the fields above, for models that need
+another wording (``variants: {small: {user: ..., schema: ...}}``; see ``llm.prompt_variant``).
+``load(name, variant="small")`` gives the file with that variant's fields in place and its id
+suffixed (``ragsynth/qa@3+small``); a file without the variant gives its default.
+
 A *scoring* prompt has ``continuations`` (Jinja2 templates) instead of a schema: nothing is
 generated; the engine returns the log-probability of each rendered continuation as the reply
 (teacher-forced), e.g. ``["Yes", "No"]`` for a judge or ``["{{ answer }}"]`` for the likelihood
@@ -40,6 +45,9 @@ class Sampling(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1, le=32768)
+    # candidates per row and attempt, the first that parses and passes the stage's check kept
+    # (llm.best_of, when set, overrides it for every prompt)
+    best_of: int = Field(1, ge=1, le=16)
 
 
 class Prompt(BaseModel):
@@ -54,6 +62,22 @@ class Prompt(BaseModel):
     sampling: Sampling = Sampling()
     continuations: list[str] | None = None  # a scoring prompt: log-probs of these, no generation
     per_token: bool = False  # a scoring prompt's reply also holds each token's log-prob and raw logit
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> fields that replace these
+
+    @model_validator(mode="after")
+    def _variants(self):
+        for name, fields in self.variants.items():
+            bad = set(fields) - (set(type(self).model_fields) | {"schema"}) | ({"id", "variants"} & set(fields))
+            if bad:
+                raise ValueError(f"variant {name!r}: unknown or fixed field(s) {sorted(bad)}")
+        return self
+
+    def variant(self, name: str | None) -> "Prompt":
+        """This prompt with variant ``name``'s fields in place (itself when it has no such variant)."""
+        if not name or name not in self.variants:
+            return self
+        data = {**self.model_dump(by_alias=True, exclude={"variants"}), **self.variants[name]}
+        return Prompt.model_validate({**data, "id": f"{self.id}+{name}"})
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -90,14 +114,16 @@ class Prompt(BaseModel):
 def _load_file(path: str) -> Prompt:
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     prompt = Prompt.model_validate(data)
-    if prompt.schema_ is not None:
-        jsonschema.Draft202012Validator.check_schema(prompt.schema_)
+    for p in [prompt, *(prompt.variant(v) for v in prompt.variants)]:
+        if p.schema_ is not None:
+            jsonschema.Draft202012Validator.check_schema(p.schema_)
     return prompt
 
 
-def load(name: str, *, search: list[str | Path] | None = None) -> Prompt:
-    """Load ``method/name`` (or a path to a .yaml file). ``search`` lists extra folders that
-    override the packaged prompts, so users can replace a prompt without forking."""
+def load(name: str, *, search: list[str | Path] | None = None, variant: str | None = None) -> Prompt:
+    """Load ``method/name`` (or a path to a .yaml file), as its ``variant`` when it has one.
+    ``search`` lists extra folders that override the packaged prompts, so users can replace a
+    prompt without forking."""
     candidates = []
     p = Path(name)
     if p.suffix in (".yaml", ".yml"):
@@ -106,5 +132,5 @@ def load(name: str, *, search: list[str | Path] | None = None) -> Prompt:
         candidates.append(Path(folder) / f"{name}.yaml")
     for c in candidates:
         if c.is_file():
-            return _load_file(str(c.resolve()))
+            return _load_file(str(c.resolve())).variant(variant)
     raise FileNotFoundError(f"prompt {name!r} not found (looked in {[str(c) for c in candidates]})")

@@ -49,6 +49,28 @@ def test_prompts_render_strictly():
         p.messages({})  # a missing variable is an error, not an empty string
 
 
+def test_a_prompt_variant_replaces_only_its_fields(tmp_path):
+    """A file's ``variants`` swap the wording for a model family; lineage names the variant; the
+    embedded model picks ``small`` under ``llm.prompt_variant: auto``, any other model the default."""
+    f = tmp_path / "p.yaml"
+    f.write_text("id: t/p@1\nuser: 'Long instructions about {{ text }}'\n"
+                 "schema: {type: object, properties: {q: {type: string}}, required: [q]}\n"
+                 "sampling: {temperature: 0.0, max_tokens: 50}\n"
+                 "variants:\n  small:\n    user: 'Short: {{ text }}'\n    sampling: {max_tokens: 20}\n")
+    base, small = prompts.load(str(f)), prompts.load(str(f), variant="small")
+    assert base.id == "t/p@1" and small.id == "t/p@1+small"
+    assert small.messages({"text": "x"})[-1]["content"] == "Short: x" and small.schema == base.schema
+    assert small.sampling.max_tokens == 20 and base.sampling.max_tokens == 50
+    assert prompts.load(str(f), variant="large") is base  # a file without that variant: its default
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: t/b@1\nuser: u\nvariants:\n  small: {usr: typo}\n")
+    with pytest.raises(Exception, match="usr"):
+        prompts.load(str(bad))
+    assert LLMConfig().variant == "small" and LLMConfig(prompt_variant="default").variant is None
+    assert LLMConfig(engine="transformers", model="/models/qwen-7b").variant is None
+    assert LLMConfig(engine="transformers", model="/models/qwen-0.5b", prompt_variant="small").small
+
+
 def test_config_is_validated_at_the_edge():
     with pytest.raises(ValueError, match="base_url"):
         LLMConfig(engine="openai")

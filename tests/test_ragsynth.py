@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+
+from pipelines.ragsynth.config import RagsynthConfig
 from pipelines.ragsynth.singlehop import (
     check_clues,
     check_qa,
+    check_question,
     clue_records,
+    question_inputs,
     resolve,
+    sentence_clues,
     support,
 )
 
@@ -83,3 +89,54 @@ def test_checks_catch_out_of_range_and_unsupported_clues():
     assert check_qa(row, {"question": "What is the state of research?",
                           "answer": [{"sentence": "x", "facts": [1]}]}).startswith("question_off_topic")
     assert support("seal overheats", ["the seal overheats quickly"]) == 1.0
+
+
+def test_sentence_clues_take_sentences_that_stand_alone_and_reject_chunks_without_one():
+    """``clues: sentences``: headings, list labels, short lines and sentences leaning on an
+    earlier one ("She ...") are no clues; each clue cites exactly its own sentence."""
+    sents = ["## Maintenance", "She studied mechanical engineering in Gdansk for five years.",
+             "Clean the inlet strainer every 50 operating hours of the pump.", "Parts:",
+             "Replace the mechanical seal every 2,000 hours or when water drips from the drain hole.",
+             "The seal kit has the part number HS-2040 and ships with two rings."]
+    rows = [{"chunk_id": "c1", "doc_id": "d", "sentence_ids": [f"c1:s{i}" for i in range(len(sents))],
+             "sentences": sents},
+            {"chunk_id": "c2", "doc_id": "d", "sentence_ids": ["c2:s0"], "sentences": ["| a | b |"]}]
+    out = sentence_clues(pa.Table.from_pylist(rows), max_clues=2, min_words=5).to_pylist()
+    assert out[1]["reject_reason"] == "no_clue_sentence" and out[1]["llm_output"] is None
+    assert out[0]["reject_reason"] is None
+    clues = clue_records(out[0])
+    assert [c["text"] for c in clues] == [sents[2], sents[4]]  # the first two that stand alone
+    assert [c["sentence_ids"] for c in clues] == [["c1:s2"], ["c1:s4"]] and clues[0]["sentences"] == [sents[2]]
+
+
+def test_question_checks_refuse_what_a_small_model_writes_instead_of_a_question():
+    fact = "Drip irrigation delivers water directly to the roots of plants through small emitters."
+    row = {"fact": fact}
+    assert check_question(row, {"question": "How does drip irrigation deliver water to plants?"}) is None
+    for q, reason in [("Drip irrigation saves water.", "not_a_question"),
+                      ("What is the answer to this question?", "generic_question"),
+                      ("What is a pump made of?", "question_off_topic"),  # one word shared, two needed
+                      ("What is the water of the water of the roots of plants?", "repetitive"),
+                      ("What does drip irrigation delivers water directly to the roots of plants through small "
+                       "emitters?", "copied_fact")]:
+        assert check_question(row, {"question": q}).startswith(reason), q
+
+
+def test_facts_mode_the_clue_is_the_answer_and_cites_its_sentences():
+    """``single_hop_answer: facts``: the LLM's question is answered by the chunk's first clue,
+    verbatim; its citations are that clue's sentences, and the example says who wrote it."""
+    reply = {"clues": [{"fact": c["fact"], "sentences": [i + 1 for i in c["sentences"]]} for c in CLUES]}
+    (row,) = question_inputs(pa.Table.from_pylist([{**ROW, "llm_output": json.dumps(reply)}])).to_pylist()
+    assert row["fact"] == CLUES[0]["fact"]
+    row["llm_output"] = json.dumps({"question": "When must the pump be primed?"})
+    ex = resolve(row, 0.5, LINEAGE)["example"]
+    assert ex["answer"] == CLUES[0]["fact"] and ex["answer_source"] == "facts"
+    assert ex["citations"] == [{"chunk_id": "manual.md#c0", "sentence_id": "manual.md#c0:s0"}]
+    assert ex["query"] == "When must the pump be primed?"
+
+
+def test_auto_settings_follow_the_prompt_variant():
+    small, large = RagsynthConfig().resolved(True), RagsynthConfig().resolved(False)
+    assert (small.clues, small.single_hop_answer) == ("sentences", "facts")
+    assert (large.clues, large.single_hop_answer) == ("model", "model")
+    assert RagsynthConfig(clues="model").resolved(True).clues == "model"  # an explicit choice wins

@@ -62,7 +62,12 @@ def test_every_stage_reports_a_funnel_that_adds_up(run_dir):
     # every LLM stage says where its time went: one call per row plus retries, prompt tokens,
     # and the share a reused prompt prefix spared (the prompts share their instructions)
     llm = {name: s["llm"] for name, s in stages.items() if "llm" in s}
-    assert {"ragsynth_clues", "ragsynth_qa", "ragsynth_entities_llm", "ragsynth_rewrite"} <= set(llm)
+    assert {"ragsynth_qa", "ragsynth_entities_llm", "ragsynth_rewrite"} <= set(llm)
+    # the embedded model runs the small prompt variant: sentence clues (no LLM call), questions
+    # from best-of-4 candidates, of which the funnel counts the one kept
+    assert "llm" not in stages["ragsynth_clues"] and stages["ragsynth_clues"]["out"] >= 1
+    assert stages["ragsynth_qa"]["llm"]["candidates"] == 4 * stages["ragsynth_qa"]["llm"]["calls"]
+    assert sum(stages["ragsynth_qa"]["llm"]["tries"].values()) == stages["ragsynth_qa"]["out"]
     for name, c in llm.items():
         rows = stages[name]["in"]
         assert c["calls"] == rows + c["retries"] and c["calls"] >= rows, name
@@ -106,8 +111,12 @@ def test_examples_cite_real_sentences_and_multi_hop_spans_documents(run_dir):
                                        ("model", "template") if ex["variant_kind"] == "partial" else
                                        ("template",) if ex["variant_kind"] == "refusal" else
                                        ("model", "facts")), ex
-        if ex["task"] == "single_hop":
-            assert ex["answer_source"] == "model"
+        if ex["task"] == "single_hop" and ex["variant_kind"] is None:
+            assert ex["answer_source"] == "facts" and ex["prompt_id"] == "ragsynth/qa_question@1+small"
+    # the demo shows every kind of RAGSynth example (issue 22's bar for the embedded default)
+    kinds = {(ex["task"], (ex["variant_kind"] or "base").split(":")[0]) for ex in examples}
+    assert {("single_hop", "base"), ("multi_hop", "base"), ("single_hop", "refusal")} <= kinds
+    assert {k for _, k in kinds} >= {"base", "rewrite", "partial", "refusal"}
     ids = {ex["example_id"] for ex in examples}
     assert len(ids) == len(examples)
     assert all(ex["variant_of"] in ids for ex in examples if ex["variant_of"])

@@ -57,7 +57,7 @@ def _empty_examples() -> pa.Table:
 
 # ----------------------------------------------------------------------------- single-hop
 def clues_and_single_hop(run: Run, cfg: RunConfig, limit: int | None) -> None:
-    rs = cfg.ragsynth
+    rs = cfg.ragsynth.resolved(cfg.llm.small)
 
     def chunks():
         wanted = set(seed_chunks(run, limit, cfg.seed))
@@ -66,18 +66,30 @@ def clues_and_single_hop(run: Run, cfg: RunConfig, limit: int | None) -> None:
                               fn_kwargs={"max_sentences": rs.max_sentences_per_chunk, "max_clues": rs.max_clues,
                                          "min_support": rs.min_support})
 
-    clue_cfg = {k: getattr(rs, k) for k in ("max_clues", "min_support", "max_sentences_per_chunk")}
-    llm_stage(run, cfg, "ragsynth_clues", ["quality"], chunks, "chunk_id", "ragsynth/clues", "ragsynth_clues",
-              check=sh.check_clues, extra_fp=(limit, cfg.seed, clue_cfg))
+    clue_cfg = {k: getattr(rs, k) for k in ("max_clues", "min_support", "max_sentences_per_chunk", "clues")}
+    if rs.clues == "sentences":
+        build_stage(run, "ragsynth_clues", ["quality"],
+                    lambda: chunks().map_batches(sh.sentence_clues, batch_format="pyarrow",
+                                                 fn_kwargs={"max_clues": rs.max_clues, "min_words": rs.clue_min_words}),
+                    "ragsynth_clues", schema=None, extra_fp=(limit, cfg.seed, clue_cfg, rs.clue_min_words))
+    else:
+        llm_stage(run, cfg, "ragsynth_clues", ["quality"], chunks, "chunk_id", "ragsynth/clues", "ragsynth_clues",
+                  check=sh.check_clues, extra_fp=(limit, cfg.seed, clue_cfg))
     if not rs.single_hop:
         return
-    llm_stage(run, cfg, "ragsynth_qa", ["ragsynth_clues"],
-              lambda: run.read("ragsynth_clues").map_batches(sh.qa_inputs, batch_format="pyarrow"),
-              "chunk_id", "ragsynth/qa", "ragsynth_qa", check=sh.check_qa)
+    if rs.single_hop_answer == "facts":  # the LLM writes the question; the clue is the answer
+        llm_stage(run, cfg, "ragsynth_qa", ["ragsynth_clues"],
+                  lambda: run.read("ragsynth_clues").map_batches(sh.question_inputs, batch_format="pyarrow"),
+                  "chunk_id", "ragsynth/qa_question", "ragsynth_qa", check=sh.check_question, extra_fp=("facts",))
+    else:
+        llm_stage(run, cfg, "ragsynth_qa", ["ragsynth_clues"],
+                  lambda: run.read("ragsynth_clues").map_batches(sh.qa_inputs, batch_format="pyarrow"),
+                  "chunk_id", "ragsynth/qa", "ragsynth_qa", check=sh.check_qa)
     build_stage(run, "ragsynth_cite", ["ragsynth_qa"],
                 lambda: run.read("ragsynth_qa").map_batches(sh.build_examples, batch_format="pyarrow",
                                                             fn_kwargs={"min_support": rs.min_support}),
-                "ragsynth_single", extra_fp=(rs.min_support,))
+                "ragsynth_single", extra_fp=(rs.min_support,),
+                report=lambda: {"answer_source": answer_sources(run, "ragsynth_single")})
 
 
 # ----------------------------------------------------------------------------- multi-hop

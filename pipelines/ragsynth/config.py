@@ -107,6 +107,16 @@ class RagsynthConfig(_Part):
     """RAGSynth: single-hop, multi-hop, rewrites, completeness variants, criteria, exports."""
 
     single_hop: bool = True
+    # where clues come from. model: the LLM states facts, citing the sentences each comes from
+    # (ragsynth/clues); sentences: a chunk's sentences that stand alone are its clues verbatim
+    # (§3: single-hop clues are sentences; no LLM call). auto: sentences for a small model
+    # (llm.prompt_variant), model otherwise
+    clues: Literal["auto", "model", "sentences"] = "auto"
+    clue_min_words: int = Field(5, ge=1)  # sentences clues: content words a sentence needs
+    # single-hop answers. model: the LLM writes question and answer sentences citing the clues
+    # (ragsynth/qa); facts: the LLM writes the question a chunk's first clue answers, and that
+    # clue, verbatim, is the answer (ragsynth/qa_question). auto: facts for a small model
+    single_hop_answer: Literal["auto", "model", "facts"] = "auto"
     max_clues: int = Field(4, ge=1)
     min_support: float = Field(0.5, ge=0.0, le=1.0)  # answer content words found in cited sentences
     max_sentences_per_chunk: int = Field(12, ge=1)  # prompt size bound for small models
@@ -114,3 +124,11 @@ class RagsynthConfig(_Part):
     rewrites: RewriteConfig = RewriteConfig()
     variants: VariantConfig = VariantConfig()
     export: ExportConfig = ExportConfig()
+
+    def resolved(self, small: bool) -> "RagsynthConfig":
+        """These settings with every ``auto`` decided for the model in use (``small``: the LLM
+        runs the small prompt variant)."""
+        return self.model_copy(update={
+            "clues": ("sentences" if small else "model") if self.clues == "auto" else self.clues,
+            "single_hop_answer": ("facts" if small else "model") if self.single_hop_answer == "auto"
+            else self.single_hop_answer})

@@ -51,7 +51,7 @@ def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key
         if then is not None:
             ds = ds.map_batches(then, batch_format="pyarrow")
         rec.extra["llm"] = llm_cost(run.commit(rec, ds, table=table, totals=(*COST_COLUMNS, "attempts")), rec.in_)
-        if cfg.llm.best_of > 1:
+        if rec.extra["llm"]["candidates"] > rec.extra["llm"]["calls"]:  # best-of-n was on
             rec.extra["llm"]["tries"] = tries_histogram(run, table)
         report_recoveries(run, rec)
 
