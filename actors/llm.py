@@ -814,10 +814,12 @@ def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, che
                 prompt_key=prompt_key, journal_dir=str(journal.folder))
     pool = llm_pool.active()
     if pool is not None:  # warm servers shared by the run's stages; light tasks feed them
-        servers = pool.get(spec["llm"], -(-(rows or 1) // llm.batch_size))
+        batches = -(-(rows or 1) // llm.batch_size)
+        servers = pool.get(spec["llm"], batches)
         return ds.map_batches(llm_pool.serve_batch, fn_kwargs=dict(servers=servers, key=uuid.uuid4().hex, spec=spec),
                               batch_size=llm.batch_size, batch_format="pyarrow", num_cpus=0,
-                              compute=ray.data.TaskPoolStrategy(size=2 * len(servers)))
+                              # two batches in flight per server: the next is ready when one returns
+                              compute=ray.data.TaskPoolStrategy(size=min(2 * len(servers), batches)))
     lo, hi = llm.concurrency
     return ds.map_batches(
         LLMActor,

@@ -24,6 +24,10 @@ GPUs, and an HTTP JSON API on the Serve port:
 - ``POST /score`` ``{"query": str, "passages": [str]}`` -> ``{"scores": [float]}``;
   413 when a request has too many passages or a passage/query is too long, 401 when a bearer
   token is configured and the ``Authorization`` header does not carry it, 422 on malformed JSON.
+- ``POST /rerank`` (text-embeddings-inference) ``{"query", "texts"}`` -> ``[{"index", "score"}]``
+  and ``POST /v1/rerank`` (Cohere) ``{"query", "documents", "top_n"}`` -> ``{"results": [{"index",
+  "relevance_score"}]}``, both best first: the rerank calls RAG frameworks already make, so one
+  endpoint serves training and production reranking (same limits and token);
 - ``GET /health`` -> ``{"status": "ok", "backend": ..., "model": ...}`` (no token needed).
 
 Pipelines use a :class:`~ray.serve.handle.DeploymentHandle`, not HTTP::
@@ -41,6 +45,7 @@ import hmac
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -301,6 +306,38 @@ class ScoreResponse(BaseModel):
     scores: list[float]
 
 
+class TEIRerankRequest(BaseModel):
+    """text-embeddings-inference's ``POST /rerank`` body (``truncate*`` accepted, not applied:
+    the limits answer 413 instead)."""
+
+    query: str
+    texts: list[str]
+    raw_scores: bool = False
+    return_text: bool = False
+    truncate: bool = False
+    truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
+
+
+class CohereDocument(BaseModel):
+    text: str
+
+
+class CohereRerankRequest(BaseModel):
+    """Cohere's ``POST /v1/rerank`` body; documents as strings or ``{"text": ...}``."""
+
+    query: str
+    documents: list[str | CohereDocument]
+    model: str | None = None
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+    max_chunks_per_doc: int | None = None
+
+
+def ranked(scores: list[float]) -> list[int]:
+    """Indices by score, best first (ties keep the request's order)."""
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
 @serve.deployment(name="TeacherDeployment")
 @serve.ingress(api)
 class TeacherDeployment:
@@ -344,6 +381,32 @@ class TeacherDeployment:
         except RequestTooLarge as e:
             raise HTTPException(413, str(e)) from None
         return ScoreResponse(scores=scores)
+
+    async def _rerank(self, query: str, texts: list[str], request: Request) -> list[float]:
+        self._authorize(request)
+        try:
+            return await self.score(query, texts)
+        except RequestTooLarge as e:
+            raise HTTPException(413, str(e)) from None
+
+    @api.post("/rerank")
+    async def tei_rerank(self, body: TEIRerankRequest, request: Request) -> list[dict]:
+        """text-embeddings-inference's rerank API: ``[{index, score[, text]}]``, best first."""
+        scores = await self._rerank(body.query, body.texts, request)
+        return [{"index": i, "score": scores[i], **({"text": body.texts[i]} if body.return_text else {})}
+                for i in ranked(scores)]
+
+    @api.post("/v1/rerank")
+    async def cohere_rerank(self, body: CohereRerankRequest, request: Request) -> dict:
+        """Cohere's rerank API: ``{id, results: [{index, relevance_score[, document]}], meta}``, best
+        first, cut to ``top_n``."""
+        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        scores = await self._rerank(body.query, texts, request)
+        order = ranked(scores)[:body.top_n]
+        return {"id": str(uuid.uuid4()),
+                "results": [{"index": i, "relevance_score": scores[i],
+                             **({"document": {"text": texts[i]}} if body.return_documents else {})} for i in order],
+                "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}}}
 
     @api.get("/health")
     async def health(self) -> dict:

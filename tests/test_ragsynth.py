@@ -100,9 +100,11 @@ def test_sentence_clues_take_sentences_that_stand_alone_and_reject_chunks_withou
              "The seal kit has the part number HS-2040 and ships with two rings."]
     rows = [{"chunk_id": "c1", "doc_id": "d", "sentence_ids": [f"c1:s{i}" for i in range(len(sents))],
              "sentences": sents},
-            {"chunk_id": "c2", "doc_id": "d", "sentence_ids": ["c2:s0"], "sentences": ["| a | b |"]}]
+            {"chunk_id": "c2", "doc_id": "d", "sentence_ids": ["c2:s0"], "sentences": ["| a | b |"]},
+            {"chunk_id": "c3", "doc_id": "d", "sentence_ids": ["c3:s0"], "sentences": [sents[1]]}]
     out = sentence_clues(pa.Table.from_pylist(rows), max_clues=2, min_words=5).to_pylist()
     assert out[1]["reject_reason"] == "no_clue_sentence" and out[1]["llm_output"] is None
+    assert [c["text"] for c in clue_records(out[2])] == [sents[1]]  # no better sentence: a leaning one
     assert out[0]["reject_reason"] is None
     clues = clue_records(out[0])
     assert [c["text"] for c in clues] == [sents[2], sents[4]]  # the first two that stand alone

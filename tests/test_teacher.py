@@ -217,25 +217,28 @@ def served(ray_local):
     serve.shutdown()
 
 
-def test_200_concurrent_http_requests(served):
+def test_concurrent_http_requests(served):
+    """48 requests from 8 threads: every caller gets its own scores back, whatever requests Serve
+    batched it with (load figures belong to benchmarks/bench_teacher.py)."""
     _, url = served
     auth = {"Authorization": f"Bearer {TOKEN}"}
     passages = [p for _, ps in CASES for p in ps]
+    n_requests = 48
 
     def call(i: int):
-        n = 1 + (i % 4 == 0) + (i % 8 == 0)  # 1-3 short passages (275 pairs in all)
+        n = 1 + (i % 4 == 0) + (i % 8 == 0)  # 1-3 short passages (66 pairs in all)
         body = {"query": CASES[i % len(CASES)][0], "passages": [passages[(i + k) % len(passages)] for k in range(n)]}
         r = requests.post(f"{url}/score", json=body, headers=auth, timeout=300)
         return n, r.status_code, r.json()
 
     t0 = time.time()
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(call, range(200)))
+        results = list(pool.map(call, range(n_requests)))
     elapsed = time.time() - t0
-    assert [status for _, status, _ in results] == [200] * 200
+    assert [status for _, status, _ in results] == [200] * n_requests
     for n, _, data in results:
         assert len(data["scores"]) == n and all(0.0 <= s <= 1.0 for s in data["scores"])
-    print(f"200 requests, {sum(n for n, _, _ in results)} pairs in {elapsed:.1f} s")
+    print(f"{n_requests} requests, {sum(n for n, _, _ in results)} pairs in {elapsed:.1f} s")
 
 
 def test_http_scores_match_in_process_order(served, judge):
@@ -296,3 +299,36 @@ def test_query_likelihood_judge_is_exact_and_ranks_easy_cases():
     for i in range(len(CASES)):
         r = scores[3 * i: 3 * i + 3]
         assert r[0] > max(r[1:]), (CASES[i][0], r)
+
+
+def test_rerank_apis_rank_like_score_and_keep_the_limits(served):
+    """The TEI (``/rerank``) and Cohere (``/v1/rerank``) rerank calls a RAG framework makes: the
+    same scores as ``/score``, best first, ``top_n`` and returned texts on request, and the same
+    token, size limits and 422 on a malformed body."""
+    _, url = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    query, ps = CASES[3]
+    scores = requests.post(f"{url}/score", json={"query": query, "passages": ps}, headers=auth, timeout=120).json()["scores"]
+    best_first = sorted(range(len(ps)), key=lambda i: -scores[i])
+
+    tei = requests.post(f"{url}/rerank", json={"query": query, "texts": ps, "return_text": True}, headers=auth,
+                        timeout=120)
+    assert tei.status_code == 200
+    assert [r["index"] for r in tei.json()] == best_first
+    assert [r["score"] for r in tei.json()] == pytest.approx([scores[i] for i in best_first], abs=1e-6)
+    assert [r["text"] for r in tei.json()] == [ps[i] for i in best_first]
+
+    docs = [ps[0], {"text": ps[1]}, ps[2]]  # Cohere takes strings or {"text": ...}
+    co = requests.post(f"{url}/v1/rerank", json={"model": "any", "query": query, "documents": docs, "top_n": 2,
+                                                 "return_documents": True}, headers=auth, timeout=120)
+    assert co.status_code == 200
+    results = co.json()["results"]
+    assert [r["index"] for r in results] == best_first[:2]
+    assert [r["relevance_score"] for r in results] == pytest.approx([scores[i] for i in best_first[:2]], abs=1e-6)
+    assert results[0]["document"] == {"text": ps[best_first[0]]}
+
+    assert requests.post(f"{url}/rerank", json={"query": query, "texts": ps}, timeout=60).status_code == 401
+    too_many = requests.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["d"] * 9}, headers=auth, timeout=60)
+    assert too_many.status_code == 413 and "too many passages" in too_many.json()["detail"]
+    assert requests.post(f"{url}/rerank", json={"query": "q", "documents": ["d"]}, headers=auth,
+                         timeout=60).status_code == 422  # TEI takes texts, not documents

@@ -41,27 +41,32 @@ def clue_inputs(batch: pa.Table, max_sentences: int, max_clues: int, min_support
 
 
 # a sentence that opens with one of these leans on an earlier one ("She studied ...")
-_LEANING = frozenset("he she it they this these those its their his her there such here we our".split())
+_LEANING = frozenset("he she it they this these those its their his her there such here".split())
+
+
+def is_statement(sentence: str, min_words: int) -> bool:
+    """``min_words`` content words or more, ending like a sentence (not a heading or a list label)."""
+    s = sentence.strip()
+    return len(content_words(s)) >= min_words and s[-1:] in ".!?\"')" and not s.startswith(("#", "|", "-", "*"))
 
 
 def stands_alone(sentence: str, min_words: int) -> bool:
-    """A sentence that can be a clue by itself: ``min_words`` content words or more, ending like a
-    sentence (not a heading or a list label), not opening with a word that points back."""
+    """A statement that does not open with a word pointing back to an earlier sentence."""
     s = sentence.strip()
-    first = s.split(maxsplit=1)[0].lower().strip("\"'(") if s else ""
-    return (len(content_words(s)) >= min_words and s[-1:] in ".!?\"')" and first not in _LEANING
-            and not s.startswith(("#", "|", "-", "*")))
+    return is_statement(s, min_words) and s.split(maxsplit=1)[0].lower().strip("\"'(") not in _LEANING
 
 
 def sentence_clues(batch: pa.Table, max_clues: int, min_words: int) -> pa.Table:
     """``clues: sentences`` (RAGSynth §3: for single-hop, clues are the document's sentences):
     the first ``max_clues`` sentences of each chunk that stand alone are its clues verbatim, each
-    citing itself (M2 holds exactly). The rows have the LLM stage's shape (``llm_output`` holds
-    the clues), so everything downstream reads one format; a chunk with no such sentence is a
-    reject (``no_clue_sentence``)."""
+    citing itself (M2 holds exactly); a chunk without one falls back to statements that point
+    back ("These shawls are hand spun ..."). The rows have the LLM stage's shape (``llm_output``
+    holds the clues), so everything downstream reads one format; a chunk with no statement at
+    all is a reject (``no_clue_sentence``)."""
     rows = []
     for r in batch.to_pylist():
-        picked = [i for i, t in enumerate(r["sentences"]) if stands_alone(t, min_words)][:max_clues]
+        picked = [i for i, t in enumerate(r["sentences"]) if stands_alone(t, min_words)][:max_clues] or \
+            [i for i, t in enumerate(r["sentences"]) if is_statement(t, min_words)][:max_clues]
         clues = [{"fact": r["sentences"][i].strip(), "sentences": [i + 1]} for i in picked]
         rows.append({**{k: r[k] for k in ("chunk_id", "doc_id", "sentence_ids", "sentences")},
                      "llm_output": json.dumps({"clues": clues}, ensure_ascii=False) if clues else None,
