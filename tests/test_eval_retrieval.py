@@ -135,7 +135,7 @@ def _independent_metrics(run_file: Path, qrels_file: Path) -> dict:
     return {k: v / len(rels) for k, v in sums.items()} | {"num_queries": len(rels)}
 
 
-def _scifact_slice(scifact: Path, out: Path, n_queries: int = 100, n_docs: int = 500) -> Path:
+def _scifact_slice(scifact: Path, out: Path, n_queries: int = 100, n_docs: int = 250) -> Path:
     """A real BEIR folder cut from SciFact train: the first judged queries, every document they
     judge, and other documents up to ``n_docs`` (the full corpus takes minutes to embed on 2 cores;
     `synthrag eval retrieval` on the whole folder is the same code)."""

@@ -130,7 +130,7 @@ def test_a_domain_examples_file_needs_only_the_requested_types(tmp_path):
 # K = 8 candidates (the method's 20 is the default); the teacher scores every query against its K
 # candidates, so the LLM work is 10 generations + up to 80 scorings.
 N, K = 5, 8  # passages, candidates per list
-SMALL = ["--set", "querygen.query_types=[question,keywords]", "--set", "llm.batch_size=8",
+SMALL = ["--set", "querygen.query_types=[question,keywords]", "--set", "llm.batch_size=8", "--set", "llm.max_retries=1",
          "--set", f"querygen.top_k={K}", "--set", "ingest.chunk_tokens=100"]
 
 
