@@ -391,7 +391,11 @@ def embed_passages(source: str | Path, out_dir: str | Path, *, settings=None, mo
     tmp.mkdir(parents=True, exist_ok=True)
     ds = ray.data.read_parquet(files, columns=[id_column, *text_columns])
     ds = drop_keys(ds, id_column, finished_keys(tmp, id_column))
-    # blocks of one batch: each reaches the writer (and disk) as soon as it is embedded
+    # blocks of one batch: each reaches the writer (and disk) as soon as it is embedded; small
+    # enough that every actor of the pool gets some (1,000 rows in one block of 2,048 kept the
+    # second actor idle: 0.59x bare encode; benchmarks/RESULTS.md)
+    rows = pads.dataset(files, format="parquet").count_rows()
+    batch_size = max(64, min(batch_size, -(-rows // (4 * max_actors))))
     ds = ds.map_batches(join, batch_format="pyarrow").repartition(target_num_rows_per_block=batch_size)
     ds = embed_dataset(ds, text_column="_text", output_column=VECTOR_COLUMN, settings=settings,
                        min_actors=min_actors, max_actors=max_actors,
