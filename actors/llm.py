@@ -18,6 +18,7 @@ Engines behind one interface (:class:`Engine`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -159,6 +160,38 @@ class Engine(Protocol):
         reply. Engines without full log-probs raise ``NotImplementedError``."""
 
 
+class RowSampler:
+    """Temperature + top-p sampling with one random generator per row, as a logits processor
+    that leaves only the drawn token: a row's reply depends on its own seed and prompt, not on
+    which rows Ray Data batched it with (vLLM's per-request ``seed``). ``generate`` then runs
+    greedy, so the draw is the token it picks; it runs after the grammar's processor."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: str):
+        import torch
+
+        self.torch = torch
+        self.gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    @classmethod
+    def of(cls, sampling: Sampling, seeds: list[int], device: str) -> "RowSampler | None":
+        return cls(seeds, sampling.temperature, sampling.top_p, device) if sampling.temperature > 0 else None
+
+    def __call__(self, input_ids, scores):
+        torch = self.torch
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+            sorted_logits, order = logits.sort(-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= self.top_p  # the first token always stays
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = torch.nan_to_num(logits.softmax(-1), nan=0.0)
+        picks = [torch.multinomial(p, 1, generator=g) if float(p.sum()) > 0 else s.argmax(-1, keepdim=True)
+                 for p, s, g in zip(probs, scores, self.gens)]
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, torch.stack(picks).to(scores.device), 0.0)
+
+
 class TransformersEngine:
     """transformers on CPU or GPU; the embedded default runs here. ``llm.dtype: auto`` is the
     checkpoint's dtype (fp32 for the embedded model). ``bf16`` on a CPU with native bf16 (Intel
@@ -260,15 +293,12 @@ class TransformersEngine:
             if P:
                 cache = fresh_cache(shared, len(batch), room=width - P + sampling.max_tokens + 1)
         input_ids = torch.tensor([b[:P] + [pad] * (width - len(b)) + b[P:] for b in batch], device=self.device)
-        do_sample = sampling.temperature > 0
-        torch.manual_seed(seeds[0])
-        with torch.inference_mode():
+        processors = [p for p in (processor, RowSampler.of(sampling, seeds, self.device)) if p is not None]
+        with torch.inference_mode():  # greedy over the sampler's one-hot choice = each row's own draw
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention.to(self.device), cache=cache,
-                max_new_tokens=sampling.max_tokens,
-                do_sample=do_sample, temperature=sampling.temperature if do_sample else None,
-                top_p=sampling.top_p if do_sample else None, top_k=None,
-                logits_processor=[processor] if processor is not None else None,
+                max_new_tokens=sampling.max_tokens, do_sample=False, temperature=None, top_p=None,
+                top_k=None, logits_processor=processors or None,
                 pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
         new = out[:, width:].tolist()
         self.last_usage = self._usage(batch, shared)
@@ -565,6 +595,14 @@ def _per_token(t: TokenScores) -> tuple:
     return (float(sum(t.logprobs)) if t.logprobs is not None else None, n, t.logprobs, t.logits)
 
 
+def row_seed(seed: int, messages: Messages) -> int:
+    """The random seed a row's reply is drawn with: the candidate's seed (the ``seed`` column)
+    mixed with the row's prompt, so rows sampled under one seed draw independently while a row
+    draws the same reply wherever it runs."""
+    text = json.dumps([seed, messages], ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big") >> 1  # 31 bits: any server's seed
+
+
 class LLMActor:
     """Callable class for ``Dataset.map_batches``: rows in, parsed replies (or rejects) out.
 
@@ -645,7 +683,8 @@ class LLMActor:
         msgs = [prompt.messages(r) for r in rows]
         started = time.perf_counter()
         try:
-            raws = self.engine.generate(msgs, sampling, seeds, prompt.schema, prompt.response_prefix)
+            raws = self.engine.generate(msgs, sampling, [row_seed(s, m) for s, m in zip(seeds, msgs)],
+                                        prompt.schema, prompt.response_prefix)
         except Exception as e:  # an engine failure on the batch: retry rows one by one
             if len(rows) == 1:
                 return [(None, "", f"engine_error: {type(e).__name__}: {e}"[:300],

@@ -137,7 +137,9 @@ def test_best_of_n_keeps_the_first_candidate_that_passes_and_records_its_index(m
                      "test/echo_question", "unit")
     out = {r["text"]: r for r in actor(pa.table({"text": ["first", "third", "none"]})).to_pylist()}
     # one greedy call for candidate 1 of every row, one sampled call for candidates 2..3
-    assert engine.log == [(0.0, [10, 10, 10]), (0.9, [11, 12, 11, 12, 11, 12])]
+    msgs = {t: actor.prompt.messages({"text": t}) for t in ("first", "third", "none")}
+    seeds = [[llm_mod.row_seed(s, m) for m in msgs.values()] for s in (10, 11, 12)]  # the seed mixed with the row
+    assert engine.log == [(0.0, seeds[0]), (0.9, [x for pair in zip(seeds[1], seeds[2]) for x in pair])]
     assert (out["first"]["llm_tries"], out["first"]["seed"]) == (1, 10)
     assert (out["third"]["llm_tries"], out["third"]["seed"]) == (3, 12)
     assert json.loads(out["third"]["llm_output"]) == {"question": "Is this one fine?"}
@@ -325,6 +327,29 @@ def test_a_reply_cut_by_the_token_budget_is_truncated_not_unparsable(tiny_llm):
     assert row["llm_generated_tokens"] == 2 * 4
     prompt_tokens = len(actor.engine._prompt_ids(actor.prompt.messages({"text": "Bees make honey from nectar."}), ""))
     assert row["llm_prompt_tokens"] == 2 * prompt_tokens and row["llm_seconds"] > 0
+
+
+def test_sampled_replies_depend_on_each_rows_seed_not_on_its_batch(tiny_llm):
+    """Ray Data cuts blocks differently from run to run: a row sampled alone, in a batch, or
+    through the stock path (no prefix cache) gets the same reply for the same seed; another
+    seed draws another reply; top-p so small that one token survives is greedy decoding."""
+    from prompts import Sampling
+
+    engines = [llm_mod.TransformersEngine(LLMConfig(engine="transformers", model=str(tiny_llm), num_cpus=1,
+                                                    prefix_cache=n)) for n in (4, 0)]
+    msgs = [[{"role": "user", "content": t}] for t in ["Bees make honey.", "Owls hunt at night.", "Ice melts."]]
+    hot = Sampling(temperature=1.0, top_p=0.95, max_tokens=12)
+
+    def seeds(seed):
+        return [llm_mod.row_seed(seed, m) for m in msgs]
+
+    batched = engines[0].generate(msgs, hot, seeds(7), None, "")
+    assert len(set(batched)) == 3  # rows under one seed still draw independently
+    assert [engines[0].generate([m], hot, [s], None, "")[0] for m, s in zip(msgs, seeds(7))] == batched
+    assert engines[1].generate(msgs[::-1], hot, seeds(7)[::-1], None, "") == batched[::-1]
+    assert engines[0].generate(msgs, hot, seeds(8), None, "") != batched
+    greedy = engines[0].generate(msgs, Sampling(temperature=0.0, max_tokens=12), [0, 0, 0], None, "")
+    assert engines[0].generate(msgs, Sampling(temperature=1.0, top_p=1e-6, max_tokens=12), [3, 4, 5], None, "") == greedy
 
 
 def test_llm_stage_accounts_for_best_of_n(ray_local, tiny_llm, tmp_path):

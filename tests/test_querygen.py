@@ -41,6 +41,9 @@ def test_query_checks():
     assert check(row, {"query": "must be primed before first use and"}).startswith("copied_passage")
     row["examples"] = [{"passage": "x", "query": "Why Do Pumps Fail?"}]
     assert check(row, {"query": "why do pumps fail?"}).startswith("copied_example")
+    # a small model's junk: an ellipsis, its instructions echoed, a question about an example's topic
+    for junk in ("...", "You write search queries for passages.", "Where were the Olympic Games held?"):
+        assert check(row, {"query": junk}).startswith("query_off_topic"), junk
 
 
 def test_shipped_examples_cover_every_type_with_one_to_three_pairs():

@@ -40,6 +40,7 @@ from pipelines.core.schema import (
     staging,
 )
 from pipelines.querygen.config import DEFAULT_EXAMPLES, QUERY_TYPES, QuerygenConfig
+from pipelines.stages.citations import content_words
 from pipelines.stages.index import index_run_chunks
 from pipelines.stages.quality import seed_chunks
 from pipelines.stages.stage import llm_stage
@@ -124,6 +125,8 @@ def check_query(max_words: int):
             return "copied_passage: the query is a verbatim span of the passage"
         if any(q.lower() == ex["query"].strip().lower() for ex in row.get("examples") or []):
             return "copied_example: the query repeats a few-shot example"
+        if not content_words(q) & content_words(row["text"]):  # "...", the instructions echoed, an example's topic
+            return f"query_off_topic: the query shares no content word with its passage: {q[:80]!r}"
         return None
     return check
 
