@@ -99,6 +99,7 @@ def main() -> None:
     msgs = [prompt.messages({"text": d["text"], "examples": examples["question"]}) for d in docs]
     cfg = RunConfig()
     cfg.llm.dtype = args.dtype
+    cfg.llm.prompt_variant = "default"  # the prompt above, on every path (auto would pick the small variant)
     bs = cfg.llm.batch_size
     batches = [msgs[i:i + bs] for i in range(0, len(msgs), bs)]
     rows: list[tuple[str, float, int, str]] = []
