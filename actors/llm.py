@@ -182,8 +182,8 @@ class RowSampler:
         logits = scores.float() / self.temperature
         if self.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
             sorted_logits, order = logits.sort(-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) >= self.top_p  # the first token always stays
+            p = sorted_logits.softmax(-1)
+            drop = p.cumsum(-1) - p >= self.top_p  # mass before the token; the first always stays
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = torch.nan_to_num(logits.softmax(-1), nan=0.0)
         picks = [torch.multinomial(p, 1, generator=g) if float(p.sum()) > 0 else s.argmax(-1, keepdim=True)

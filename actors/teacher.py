@@ -373,26 +373,22 @@ class TeacherDeployment:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @api.post("/score", response_model=ScoreResponse)
-    async def http_score(self, body: ScoreRequest, request: Request) -> ScoreResponse:
-        self._authorize(request)
-        try:
-            scores = await self.score(body.query, body.passages)
-        except RequestTooLarge as e:
-            raise HTTPException(413, str(e)) from None
-        return ScoreResponse(scores=scores)
-
-    async def _rerank(self, query: str, texts: list[str], request: Request) -> list[float]:
+    async def _http_scores(self, query: str, texts: list[str], request: Request) -> list[float]:
+        """Every HTTP route's scoring: the token checked, a request over the limits a 413."""
         self._authorize(request)
         try:
             return await self.score(query, texts)
         except RequestTooLarge as e:
             raise HTTPException(413, str(e)) from None
 
+    @api.post("/score", response_model=ScoreResponse)
+    async def http_score(self, body: ScoreRequest, request: Request) -> ScoreResponse:
+        return ScoreResponse(scores=await self._http_scores(body.query, body.passages, request))
+
     @api.post("/rerank")
     async def tei_rerank(self, body: TEIRerankRequest, request: Request) -> list[dict]:
         """text-embeddings-inference's rerank API: ``[{index, score[, text]}]``, best first."""
-        scores = await self._rerank(body.query, body.texts, request)
+        scores = await self._http_scores(body.query, body.texts, request)
         return [{"index": i, "score": scores[i], **({"text": body.texts[i]} if body.return_text else {})}
                 for i in ranked(scores)]
 
@@ -401,7 +397,7 @@ class TeacherDeployment:
         """Cohere's rerank API: ``{id, results: [{index, relevance_score[, document]}], meta}``, best
         first, cut to ``top_n``."""
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        scores = await self._rerank(body.query, texts, request)
+        scores = await self._http_scores(body.query, texts, request)
         order = ranked(scores)[:body.top_n]
         return {"id": str(uuid.uuid4()),
                 "results": [{"index": i, "relevance_score": scores[i],
