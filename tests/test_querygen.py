@@ -203,7 +203,14 @@ def test_run_querygen_on_scifact(ray_local, shared_data, tmp_path):
         assert m["num_queries"] == len(queries) and 0.0 <= m["ndcg@10"] <= 1.0
     assert stages["querygen_eval"]["metrics"] == report["metrics"]
 
+    # the trained retriever is a plain sentence-transformers model: loaded as one, it encodes the
+    # vectors synthrag's evaluation encodes (queries and passages)
     from sentence_transformers import SentenceTransformer
 
+    from actors.embedder import EmbedderSettings, encode_texts
+
+    texts = [r["query"] for r in lists[:2]] + [d["text"] for d in docs[:2]]
     trained = SentenceTransformer(str(out / "retriever"), device="cpu")
-    assert trained.encode(["a query"]).shape == (1, 384)
+    plain = trained.encode(texts, normalize_embeddings=True)
+    ours = encode_texts(texts, kind="query", settings=EmbedderSettings(model=str(out / "retriever")))
+    assert plain.shape == (4, 384) and np.allclose(plain, ours, atol=1e-5)

@@ -118,6 +118,39 @@ def test_bad_inputs_fail_with_clear_errors(tmp_path):
         read_lists(tmp_path / "empty")
 
 
+def test_several_sources_are_mixed_by_their_weights(tmp_path):
+    from pydantic import ValidationError
+
+    from training.retriever import mix_sources, prepare_data
+    from training.retriever_config import RetrieverTrainConfig
+
+    rows = list_rows()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    b.write_text("".join(json.dumps(r) + "\n" for r in rows[4:10]))
+    mixed, summary = mix_sources([a, b], [2.0, 0.5], seed=0)
+    assert [(s["lists"], s["used"]) for s in summary] == [(4, 8), (6, 3)]
+    ids = [r["query_id"] for r in mixed]
+    assert len(set(ids)) == 11  # every copy has its own id, each id names its source
+    assert sum(i.startswith("0:") for i in ids) == 8 and sum(i.startswith("1:") for i in ids) == 3
+    assert sum(i.endswith("#1") for i in ids) == 4  # the second copy of each list of a
+    from_b = {r["query"] for r in mixed if r["query_id"].startswith("1:")}
+    assert from_b <= {r["query"] for r in rows[4:10]} and len(from_b) == 3
+    again = mix_sources([a, b], [2.0, 0.5], seed=0)[0]
+    assert [r["query_id"] for r in again] == ids  # the sample is seeded
+    assert mix_sources([a], None, seed=0)[0][0]["query_id"] == read_lists(a)[0]["query_id"]
+
+    cfg = RetrieverTrainConfig(data=[a, b], data_weights=[2.0, 0.5], out=tmp_path / "o",
+                               batch_size=4, negatives=3)
+    data = prepare_data(cfg)
+    assert data["n_train"] + data["n_dev"] == 11 and data["sources"] == summary
+    assert RetrieverTrainConfig(data=a, out=tmp_path / "o").data == [a]  # one source, as before
+    with pytest.raises(ValidationError, match="2 data sources"):
+        RetrieverTrainConfig(data=[a, b], data_weights=[1.0], out=tmp_path / "o")
+    with pytest.raises(ValidationError, match="must be > 0"):
+        RetrieverTrainConfig(data=[a, b], data_weights=[1.0, 0.0], out=tmp_path / "o")
+
+
 def test_split_is_by_query_and_deterministic():
     rows = [{"query_id": str(i), "query": f"q{i % 20}", "positive": 0, "texts": ["p", "n"],
              "ids": [1, 2], "teacher_scores": [1.0, 0.1], "false_negative": None, "labels": None}
@@ -203,8 +236,9 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
 CLI = "import sys; sys.argv[0] = 'synthrag'; from pipelines.cli import main; main()"
 
 
-def _train_cmd(data: Path, base: str, out: Path) -> list[str]:
-    return [sys.executable, "-c", CLI, "train", "retriever", "--data", str(data), "--base", base,
+def _train_cmd(data: list[Path], base: str, out: Path) -> list[str]:
+    sources = [a for d in data for a in ("--data", str(d))]
+    return [sys.executable, "-c", CLI, "train", "retriever", *sources, "--base", base,
             "--out", str(out), "--workers", "2", "--batch-size", "8", "--chunk-size", "16",
             "--epochs", "10", "--lr", "1e-3", "--negatives", "5", "--loss", "combined",
             # no later epoch counts as an improvement: early stopping after epoch 1 + patience 2
@@ -215,8 +249,10 @@ def test_two_worker_run_resumes_after_kill_stops_early_and_exports(tmp_path):
     from sentence_transformers import SentenceTransformer
 
     base = tiny_sentence_transformer(tmp_path / "base")
-    data = tmp_path / "lists.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in list_rows()) + "\n")
+    rows = list_rows()  # in two sources (as two methods' runs would be), mixed as they are
+    data = [tmp_path / "lists-a.jsonl", tmp_path / "lists-b.jsonl"]
+    data[0].write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    data[1].write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
     out = tmp_path / "out"
     env = {**os.environ, "SYNTHRAG_PROGRESS": "0", "RAY_AUTH_MODE": "disabled",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -253,6 +289,7 @@ def test_two_worker_run_resumes_after_kill_stops_early_and_exports(tmp_path):
     assert all(h["dev_loss"] > 0 and h["train_loss"] > 0 for h in metrics["history"])
     assert metrics["best_epoch"] == summary["best_epoch"] == 1
     assert metrics["steps"] == 3 * (32 // 8)  # 32 train lists, batches of 8 queries
+    assert [(s["lists"], s["used"]) for s in metrics["sources"]] == [(20, 20), (16, 16)]
 
     # 3. the export is a sentence-transformers model with the best checkpoint's weights
     trained = SentenceTransformer(str(out), device="cpu")

@@ -1,6 +1,6 @@
 """Retriever training on Ray Train: GradCache + DDP over Ray Data shards of training lists.
 
-    lists (run dir or file) ─► fixed-width lists, 90/10 split by query ─► OUT/data/{train,dev}.parquet
+    lists (run dirs or files, mixed by weight) ─► fixed-width lists, 90/10 split by query ─► OUT/data/{train,dev}.parquet
         ─► TorchTrainer(workers × train loop) ─► checkpoints in OUT/ray/retriever/
         ─► best checkpoint exported as a sentence-transformers directory in OUT, OUT/metrics.json
        (OUT/train_config.json: the resolved settings, preset applied, written at the start)
@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -166,6 +167,24 @@ def read_lists(path: Path) -> list[dict]:
     return rows
 
 
+def mix_sources(paths: list[Path], weights: list[float] | None, seed: int) -> tuple[list[dict], list[dict]]:
+    """The lists of every source, each scaled by its weight (``w`` = ``int(w)`` full copies plus a
+    seeded sample of ``frac(w)`` of its lists), and one summary per source. With several sources
+    query ids carry the source's index, and each copy of a repeated list gets its own id."""
+    rows, summary = [], []
+    for i, path in enumerate(paths):
+        src = read_lists(path)
+        w = 1.0 if weights is None else float(weights[i])
+        copies, frac = int(w), w - int(w)
+        extra = random.Random(f"{seed}:{i}").sample(src, round(frac * len(src)))
+        picked = [(c, r) for c in range(copies) for r in src] + [(copies, r) for r in extra]
+        for c, r in picked:
+            qid = r["query_id"] if len(paths) == 1 else f"{i}:{r['query_id']}"
+            rows.append({**r, "query_id": qid if c == 0 else f"{qid}#{c}"})
+        summary.append({"data": str(path), "weight": w, "lists": len(src), "used": len(picked)})
+    return rows, summary
+
+
 def fixed_width(rows: list[dict], *, negatives: int, fn_fraction: float | None,
                 need_teacher: bool, fn_scope: str = "contrastive") -> pa.Table:
     """Lists of exactly ``1 + negatives`` passages, the positive first.
@@ -225,7 +244,7 @@ def split_by_query(table: pa.Table, *, dev_fraction: float, min_dev: int) -> tup
 
 def prepare_data(cfg: RetrieverTrainConfig) -> dict[str, Any]:
     """Write OUT/data/{train,dev}.parquet; returns their paths and sizes."""
-    rows = read_lists(cfg.data)
+    rows, sources = mix_sources(cfg.data, cfg.data_weights, cfg.seed)
     table = fixed_width(rows, negatives=cfg.negatives, fn_fraction=cfg.fn_fraction,
                         need_teacher=needs_teacher(cfg.loss), fn_scope=cfg.fn_scope)
     train, dev = split_by_query(table, dev_fraction=cfg.dev_fraction, min_dev=cfg.workers)
@@ -241,7 +260,7 @@ def prepare_data(cfg: RetrieverTrainConfig) -> dict[str, Any]:
     valid = np.array(table.column("valid").to_pylist(), dtype=bool)
     fn = np.array(table.column("false_negative").to_pylist(), dtype=bool)
     return {"train": str(data_dir / "train.parquet"), "dev": str(data_dir / "dev.parquet"),
-            "n_train": train.num_rows, "n_dev": dev.num_rows,
+            "n_train": train.num_rows, "n_dev": dev.num_rows, "sources": sources,
             "mean_negatives": float((valid & ~fn).sum(1).mean() - 1),
             "mean_false_negatives": float(fn.sum(1).mean())}
 
@@ -432,7 +451,7 @@ def _checkpoints(run_dir: Path) -> list[tuple[dict, Path]]:
     return sorted(found, key=lambda x: x[0]["epoch"])
 
 
-def export_best(cfg: RetrieverTrainConfig, base_path: Path, run_dir: Path) -> dict:
+def export_best(cfg: RetrieverTrainConfig, base_path: Path, run_dir: Path, extra: dict | None = None) -> dict:
     """Save the best checkpoint as a sentence-transformers directory in OUT; write metrics.json."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -458,7 +477,7 @@ def export_best(cfg: RetrieverTrainConfig, base_path: Path, run_dir: Path) -> di
         "loss": cfg.loss, "preset": cfg.preset, "history": latest["history"], "best_epoch": best_meta["epoch"],
         "best_dev_loss": best_meta["dev_loss"], "stopped_early": latest["stopped_early"],
         "epochs_run": latest["epoch"], "steps": latest["step"], "starts": latest["starts"],
-        "checkpoint": str(best_dir), "config": json.loads(cfg.model_dump_json()),
+        "checkpoint": str(best_dir), "config": json.loads(cfg.model_dump_json()), **(extra or {}),
     }
     (cfg.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -477,7 +496,7 @@ def train_retriever(cfg: RetrieverTrainConfig, *, address: str | None = None) ->
     from cluster.runtime import connect
 
     cfg = cfg.model_copy(update={"out": cfg.out.expanduser().resolve(),
-                                 "data": cfg.data.expanduser().resolve()})
+                                 "data": [d.expanduser().resolve() for d in cfg.data]})
     base_path = resolve_model(cfg.base, "embedder").resolve()
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "train_config.json").write_text(cfg.model_dump_json(indent=2))  # resolved settings
@@ -510,4 +529,5 @@ def train_retriever(cfg: RetrieverTrainConfig, *, address: str | None = None) ->
                   "dev": ray.data.read_parquet(data["dev"])},
     )
     trainer.fit()
-    return export_best(cfg, base_path, storage / RUN_NAME)
+    return export_best(cfg, base_path, storage / RUN_NAME,
+                       {"sources": data["sources"], "n_train": data["n_train"], "n_dev": data["n_dev"]})

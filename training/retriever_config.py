@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LossName = Literal["contrastive", "listwise", "combined", "pairwise"]
 FnScope = Literal["contrastive", "all"]
@@ -88,7 +88,28 @@ class RetrieverSettings(BaseModel):
 
 
 class RetrieverTrainConfig(RetrieverSettings):
-    """Everything a retriever training run needs; validated once at the edge (CLI)."""
+    """Everything a retriever training run needs; validated once at the edge (CLI).
 
-    data: Path
+    ``data`` is one source or several (run directories of any method, list files); several are
+    mixed, each scaled by its ``data_weights`` entry: weight 2 repeats a source's lists twice,
+    0.5 keeps a seeded half of them, 1 (the default) keeps them as they are."""
+
+    data: list[Path] = Field(min_length=1)
+    data_weights: list[float] | None = None
     out: Path
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return list(v) if isinstance(v, (list, tuple)) else [v]
+
+    @model_validator(mode="after")
+    def _check_weights(self):
+        w = self.data_weights
+        if w is not None:
+            if len(w) != len(self.data):
+                raise ValueError(f"data_weights has {len(w)} values for {len(self.data)} data "
+                                 f"sources (one --weight per --data)")
+            if any(not x > 0 for x in w):
+                raise ValueError(f"data_weights must be > 0, got {w}")
+        return self

@@ -15,8 +15,12 @@ from pipelines.cli.app import train_app
 @train_app.command("retriever")
 def train_retriever_cmd(
     ctx: typer.Context,
-    data: Path = typer.Option(..., "--data", help="run directory (retrieval_lists + chunks) or a "
-                              ".jsonl/.parquet file of lists with inline texts"),
+    data: list[Path] = typer.Option(..., "--data", help="run directory (retrieval_lists + chunks) "
+                                    "or a .jsonl/.parquet file of lists with inline texts; repeat "
+                                    "to train on several runs or methods at once"),
+    weight: Optional[list[float]] = typer.Option(
+        None, "--weight", help="one per --data, in order: 2 repeats that source's lists twice, "
+                               "0.5 keeps a seeded half (default 1 each)"),
     base: str = typer.Option("embedded", "--base", help="sentence-transformers dir or 'embedded'"),
     out: Path = typer.Option(..., "--out", help="output model directory; rerun to resume"),
     loss: str = typer.Option("combined", "--loss", help="contrastive|listwise|combined|pairwise"),
@@ -55,14 +59,14 @@ def train_retriever_cmd(
     from training.retriever import DataError, RetrieverTrainConfig, train_retriever
 
     settings = dict(
-        data=data, base=base, out=out, loss=loss, epochs=epochs, batch_size=batch_size,
+        data=data, data_weights=weight or None, base=base, out=out, loss=loss, epochs=epochs, batch_size=batch_size,
         chunk_size=chunk_size, loss_chunk_size=loss_chunk_size, workers=workers,
         cpus_per_worker=cpus_per_worker, lr=lr, warmup_ratio=warmup_ratio, max_steps=max_steps,
         negatives=negatives, fn_fraction=fn_fraction or None, fn_scope=fn_scope,
         patience=patience, min_delta=min_delta, max_length=max_length, query_prefix=query_prefix,
         passage_prefix=passage_prefix, use_gpu=gpu, seed=seed)
     if preset is not None:  # the preset fills what was not given on the command line
-        flag = {"use_gpu": "gpu"}  # (typer may bundle its own click: compare the source by name)
+        flag = {"use_gpu": "gpu", "data_weights": "weight"}  # (typer may bundle its own click: compare the source by name)
         settings = {k: v for k, v in settings.items()
                     if getattr(ctx.get_parameter_source(flag.get(k, k)), "name", "") != "DEFAULT"}
         settings["preset"] = preset
