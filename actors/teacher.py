@@ -13,8 +13,9 @@ One interface, ``score(query, passages) -> list[float]`` (higher = more relevant
   (:meth:`actors.llm.Engine.choice_logprobs`), a number in [0, 1]. With ``judge:
   query-likelihood`` the score is instead how likely the LLM finds the query as its reply to
   "write a search query for this passage" (UPR, Sachan et al. 2022): exp(mean token log-prob),
-  also in [0, 1]. On SmolLM2-135M the yes/no judge is weak (about 3 in 4 easy pairs ordered
-  right) while query likelihood orders them all right; see tests/test_teacher.py.
+  also in [0, 1], and the default: on SmolLM2-135M it reorders SciFact's retrieved top-20 better
+  than the retriever did, where the yes/no judge ranks them near randomly (benchmarks/RESULTS.md,
+  teacher quality); the yes/no judge suits larger local models.
 
 Serving (:class:`TeacherDeployment`): a Ray Serve deployment with dynamic batching over pairs
 (``@serve.batch``; the pairs of concurrent requests share a model call), autoscaling
@@ -63,7 +64,9 @@ class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = "embedded"  # "embedded" (LLM judge) or a local directory
     backend: Literal["auto", "cross-encoder", "llm-judge"] = "auto"
-    judge: Literal["yes-no", "query-likelihood"] = "yes-no"  # llm-judge scoring, see module doc
+    # llm-judge scoring, see module doc; query likelihood agrees with human judgements, the 135M
+    # yes/no judge does not (benchmarks/bench_teachers.py)
+    judge: Literal["yes-no", "query-likelihood"] = "query-likelihood"
     prompt: str | None = None  # judge prompt name or .yaml path; None: the judge's packaged prompt
     llm: LLMConfig | None = None  # judge engine override (vllm/openai); default from ``model``
     max_length: int = Field(512, ge=8)  # cross-encoder: tokens per (query, passage) pair

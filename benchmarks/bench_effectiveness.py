@@ -39,6 +39,19 @@ SHARED = REPO.parent / "shared" / "data"
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 
 
+def scifact_split(scifact: Path) -> tuple[dict, dict, list[str], list[str], dict]:
+    """(qrels, queries, dev ids, train ids, corpus by id): SciFact's judged train queries split
+    90/10 by a hash of the query id, the split of bench_scifact_finetune.py."""
+    from pipelines.core.schema import stable_id
+    from pipelines.exports.beir import iter_corpus, load_qrels, load_queries
+
+    qrels, queries = load_qrels(scifact, "train"), load_queries(scifact, "train")
+    qids = sorted((q for q in qrels if q in queries), key=lambda q: stable_id("split", q))
+    n_dev = round(0.1 * len(qids))
+    corpus = {d["_id"]: d for batch in iter_corpus(scifact) for d in batch}
+    return qrels, queries, qids[:n_dev], qids[n_dev:], corpus
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scifact", type=Path, default=SHARED / "scifact")
@@ -57,7 +70,7 @@ def main() -> None:
     from pipelines.cli.run import execute
     from pipelines.core.schema import stable_id
     from pipelines.eval.retrieval import evaluate_beir
-    from pipelines.exports.beir import iter_corpus, load_qrels, load_queries, passage_text, write_beir
+    from pipelines.exports.beir import passage_text, write_beir
     from pipelines.registry import METHODS
     from training.retriever import RetrieverTrainConfig, train_retriever
 
@@ -65,11 +78,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "metrics").mkdir(exist_ok=True)
     t_all = time.perf_counter()
-    qrels, queries = load_qrels(args.scifact, "train"), load_queries(args.scifact, "train")
-    qids = sorted((q for q in qrels if q in queries), key=lambda q: stable_id("split", q))
-    n_dev = round(0.1 * len(qids))
-    dev, train = qids[:n_dev], qids[n_dev:]
-    corpus = {d["_id"]: d for batch in iter_corpus(args.scifact) for d in batch}
+    qrels, queries, dev, train, corpus = scifact_split(args.scifact)
     beir = write_beir(work / "dev", corpus.values(), {q: queries[q] for q in dev},
                       {q: qrels[q] for q in dev}, split="dev")
     print(f"SciFact: {len(train)} train / {len(dev)} dev judged queries, {len(corpus)} documents; "
@@ -89,7 +98,7 @@ def main() -> None:
         print(f"evaluated {name}: {json.dumps(m)} ({time.perf_counter() - t:.0f}s)", flush=True)
         return m
 
-    def train(out: Path, data: Path, **settings) -> tuple[dict, float]:
+    def fit(out: Path, data: Path, **settings) -> tuple[dict, float]:
         if (out / "metrics.json").exists():
             done = json.loads((out / "metrics.json").read_text())
             return done, done.get("bench_seconds", 0.0)
@@ -113,7 +122,7 @@ def main() -> None:
                  for q in train for d in sorted(qrels[q]) if qrels[q][d] > 0 and d in corpus]
         human.write_text("".join(json.dumps(r) + "\n" for r in lists))
     n_human = len(human.read_text().splitlines())
-    done, seconds = train(work / "model-human-mnrl", human, loss="contrastive", negatives=0, tau=0.05,
+    done, seconds = fit(work / "model-human-mnrl", human, loss="contrastive", negatives=0, tau=0.05,
                           epochs=args.human_epochs, batch_size=32, lr=2e-5)
     rows.append({"row": "+ human queries, MNRL", "source": "SciFact train queries (human)",
                  "passages": "", "queries": f"{len(train)} ({done.get('n_train', n_human)} lists train)",
@@ -144,7 +153,7 @@ def main() -> None:
                      "loss": "combined (listwise KL + 0.1 InfoNCE)",
                      "minutes": (made + secs.get("querygen_train", 0.0)) / 60,
                      **evaluate(f"querygen-{args.passages}", str(run / "retriever"))})
-        done, seconds = train(work / f"model-querygen-{args.passages}-contrastive", run, loss="contrastive")
+        done, seconds = fit(work / f"model-querygen-{args.passages}-contrastive", run, loss="contrastive")
         rows.append({"row": "  same lists, contrastive", "source": "synthrag (corpus only)",
                      "passages": args.passages, "queries": f"{n_lists} kept of {sent}",
                      "loss": "contrastive (InfoNCE, mined)", "minutes": (made + seconds) / 60,

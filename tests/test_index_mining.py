@@ -204,3 +204,16 @@ def test_embed_stage_resumes_from_its_rows_and_a_new_index_reuses_them(ray_local
     index_run_chunks(run, settings, IndexConfig(kind="hnsw"))  # only the index changes
     assert run.stage_record("embed")["seconds"] == seconds
     assert run.stage_record("index")["kind"] == "hnsw" and run.stage_record("index")["out"] == len(ids)
+    assert embed["where"] == "actor pool"  # it had staged rows to resume from
+
+    # a fresh run this small is embedded on the driver (no pool start-up): the same vectors
+    small = Run.open(tmp_path / "small", command="t", config={})
+    with small.stage("dedupe", "a corpus"):
+        small.path("chunks").mkdir()
+        pq.write_table(pa.table({"chunk_id": ids, "text": texts}), small.path("chunks") / "part-0.parquet")
+    index_run_chunks(small, settings, IndexConfig(kind="flat"))
+    assert small.stage_record("embed")["where"] == "driver"
+    mine = dict(pair for b, v in iter_embeddings(small.path("embeddings")) for pair in zip(b.to_pylist(), v))
+    assert set(mine) == set(ids)
+    np.testing.assert_allclose(np.stack([mine[i] for i in ids[3:]]), np.stack([got[i] for i in ids[3:]]), atol=1e-5)
+    assert small.stage_record("index")["out"] == len(ids)

@@ -1,9 +1,9 @@
 """Generator SFT end to end on CPU with 2 Ray Train workers: DDP (killed and resumed through
 the CLI), DeepSpeed ZeRO-2 with LoRA, DeepSpeed ZeRO-3.
 
-The base model is the embedded SmolLM2-135M cut to its first two decoder layers (real weights,
-real tokenizer and chat template, ~35M parameters, most of them the embedding), so each run
-takes seconds of compute; the full model runs the same code in benchmarks/bench_sft.py.
+The base model is the suite's tiny Llama (the embedded model's real tokenizer and chat
+template, random weights, 3.2M parameters), so each run takes seconds of compute and writes
+checkpoints of MBs; the full model runs the same code in benchmarks/bench_sft.py.
 """
 
 from __future__ import annotations
@@ -26,20 +26,11 @@ COMMON = ["--workers", "2", "--epochs", "2", "--batch-size", "2", "--max-length"
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from actors.models import embedded_llm_dir
-
-    out = tmp_path_factory.mktemp("base") / "smollm2-2layers"
-    model = AutoModelForCausalLM.from_pretrained(embedded_llm_dir())
-    model.model.layers = model.model.layers[:2]
-    model.config.num_hidden_layers = 2
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:2]
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(embedded_llm_dir()).save_pretrained(out)
-    return out
+def tiny_base(tiny_llm) -> Path:
+    """The suite's tiny Llama (tests/conftest.py): the embedded model's tokenizer and chat
+    template, 2 layers 64 wide, 3.2M parameters, so checkpoints are MBs, not the 0.5 GB a
+    2-layer cut of SmolLM2 (28M parameters in its 576-wide embedding) wrote for every save."""
+    return tiny_llm
 
 
 @pytest.fixture(scope="module")

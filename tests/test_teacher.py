@@ -79,7 +79,7 @@ def wait_healthy(url: str, timeout: float = 180.0) -> dict:
 # ----------------------------------------------------------------------------- in-process
 @pytest.fixture(scope="module")
 def judge() -> Teacher:
-    return Teacher(TeacherConfig(model="embedded", max_batch_size=24))
+    return Teacher(TeacherConfig(model="embedded", judge="yes-no", max_batch_size=24))
 
 
 def test_judge_fast_path_equals_engine_logprobs(judge):
@@ -208,7 +208,7 @@ def served(ray_local):
     from actors.teacher import start_teacher
 
     port = free_port()
-    cfg = TeacherConfig(model="embedded", port=port, token=TOKEN, max_passages=8, max_passage_chars=500,
+    cfg = TeacherConfig(model="embedded", judge="yes-no", port=port, token=TOKEN, max_passages=8, max_passage_chars=500,
                         max_batch_size=16, min_replicas=1, max_replicas=1)
     handle = start_teacher(cfg)
     url = f"http://127.0.0.1:{port}"
@@ -218,15 +218,15 @@ def served(ray_local):
 
 
 def test_concurrent_http_requests(served):
-    """48 requests from 8 threads: every caller gets its own scores back, whatever requests Serve
+    """24 requests from 8 threads: every caller gets its own scores back, whatever requests Serve
     batched it with (load figures belong to benchmarks/bench_teacher.py)."""
     _, url = served
     auth = {"Authorization": f"Bearer {TOKEN}"}
     passages = [p for _, ps in CASES for p in ps]
-    n_requests = 48
+    n_requests = 24
 
     def call(i: int):
-        n = 1 + (i % 4 == 0) + (i % 8 == 0)  # 1-3 short passages (66 pairs in all)
+        n = 1 + (i % 4 == 0) + (i % 8 == 0)  # 1-3 short passages (33 pairs in all)
         body = {"query": CASES[i % len(CASES)][0], "passages": [passages[(i + k) % len(passages)] for k in range(n)]}
         r = requests.post(f"{url}/score", json=body, headers=auth, timeout=300)
         return n, r.status_code, r.json()

@@ -30,8 +30,8 @@ def _load_config(path: Optional[Path]) -> dict:
 def serve_teacher(
     model: Optional[str] = typer.Option(None, "--model", help="'embedded' (default: LLM judge on SmolLM2-135M), "
                               "a cross-encoder directory, or a causal-LM directory (LLM judge)."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="LLM judge scoring: 'yes-no' (P(yes), default) "
-                                        "or 'query-likelihood' (p(query | passage), stronger on small LLMs)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="LLM judge scoring: 'query-likelihood' (p(query | passage), default) "
+                                        "or 'yes-no' (P(yes), for larger local LLMs)."),
     host: Optional[str] = typer.Option(None, "--host", help="HTTP host (default 127.0.0.1; 0.0.0.0 for all interfaces)."),
     port: Optional[int] = typer.Option(None, "--port", help="HTTP port of Ray Serve (default 8000)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="SYNTHRAG_TEACHER_TOKEN",

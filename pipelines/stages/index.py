@@ -407,12 +407,19 @@ def embed_passages(source: str | Path, out_dir: str | Path, *, settings=None, mo
     return out
 
 
-def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[int, int] = (1, 2)) -> None:
+# Up to this many chunks are embedded on the driver: starting a pool's actor (a new worker
+# importing torch and loading the model, 10-19 s here) costs more than embedding them (~15/s).
+DRIVER_EMBED_ROWS = 256
+
+
+def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[int, int] = (1, 2),
+                     driver_rows: int = DRIVER_EMBED_ROWS) -> None:
     """Stages ``embed`` and ``index``: the run's chunks (title + text) embedded by an actor pool
     into ``RUN/embeddings/``, then indexed into ``RUN/index/``. Each is skipped when its inputs
     and settings are unchanged (a new index kind reuses the embeddings), and an interrupted
-    ``embed`` resumes from the rows it had written. Shared by every pipeline that retrieves over
-    its own corpus; later stages depend on the ``index`` stage."""
+    ``embed`` resumes from the rows it had written. A run of at most ``driver_rows`` chunks (and
+    nothing staged) is embedded in this process instead: same vectors, no pool start-up. Shared
+    by every pipeline that retrieves over its own corpus; later stages depend on ``index``."""
     from pipelines.core.run import finished_keys
 
     with run.stage("embed", run.stage_record("dedupe")["fingerprint"], settings.model_dump()) as rec:
@@ -420,10 +427,12 @@ def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[
             lo, hi = actors
             staging = run.staging_dir("embed")  # kept by a rerun after a crash: embedded rows are not redone
             rec.resumed_rows = len(finished_keys(staging, "chunk_id"))
-            embed_passages(run.path("chunks"), run.path("embeddings"), settings=settings, id_column="chunk_id",
-                           text_columns=("title", "text"), use_ray=True, min_actors=lo, max_actors=hi,
-                           staging=staging)
             rec.in_ = run.count("chunks")
+            pool = rec.in_ > driver_rows or rec.resumed_rows > 0
+            rec.extra["where"] = "actor pool" if pool else "driver"
+            embed_passages(run.path("chunks"), run.path("embeddings"), settings=settings, id_column="chunk_id",
+                           text_columns=("title", "text"), use_ray=pool, min_actors=lo, max_actors=hi,
+                           staging=staging)
             rec.out = run.count("embeddings")
     with run.stage("index", run.stage_record("embed")["fingerprint"], index_config.model_dump()) as rec:
         if rec is not None:
