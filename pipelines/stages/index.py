@@ -417,8 +417,8 @@ def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[
     """Stages ``embed`` and ``index``: the run's chunks (title + text) embedded by an actor pool
     into ``RUN/embeddings/``, then indexed into ``RUN/index/``. Each is skipped when its inputs
     and settings are unchanged (a new index kind reuses the embeddings), and an interrupted
-    ``embed`` resumes from the rows it had written. A run of at most ``driver_rows`` chunks (and
-    nothing staged) is embedded in this process instead: same vectors, no pool start-up. Shared
+    ``embed`` resumes from the rows it had written. A run of at most ``driver_rows`` chunks (with
+    nothing staged, no device named) is embedded in this process: same vectors, no pool start-up. Shared
     by every pipeline that retrieves over its own corpus; later stages depend on ``index``."""
     from pipelines.core.run import finished_keys
 
@@ -428,7 +428,8 @@ def index_run_chunks(run, settings, index_config: IndexConfig, *, actors: tuple[
             staging = run.staging_dir("embed")  # kept by a rerun after a crash: embedded rows are not redone
             rec.resumed_rows = len(finished_keys(staging, "chunk_id"))
             rec.in_ = run.count("chunks")
-            pool = rec.in_ > driver_rows or rec.resumed_rows > 0
+            # a device named in the settings is the pool's (a CPU head node has no cuda)
+            pool = rec.in_ > driver_rows or rec.resumed_rows > 0 or settings.device not in (None, "cpu")
             rec.extra["where"] = "actor pool" if pool else "driver"
             embed_passages(run.path("chunks"), run.path("embeddings"), settings=settings, id_column="chunk_id",
                            text_columns=("title", "text"), use_ray=pool, min_actors=lo, max_actors=hi,
