@@ -1,7 +1,7 @@
 """Does synthrag's own data make a retriever better than the user's human queries do? One table.
 
     .venv/bin/python benchmarks/bench_effectiveness.py --workdir W [--passages 48]
-        [--human-epochs 1] [--skip-synthrag]
+        [--human-epochs 1] [--skip-synthrag] [--skip-contrastive]
 
 SciFact (../shared/data/scifact). The judged train queries are split 90/10 by a hash of the query
 id (the split of bench_scifact_finetune.py); the 10% (81 queries) over the full corpus (5,183
@@ -17,8 +17,9 @@ documents) is the dev set every row is evaluated on (exact search, pytrec_eval).
                    filter, lists, then its default training (combined loss, 3 epochs, batch 32)
   ... contrastive  the same lists with the contrastive loss only (teacher scores unused)
 
-"minutes" is the compute a row spent making its model: generation + filtering + training for the
-synthrag rows, training for the human row (evaluation excluded everywhere). A rerun on the same
+"minutes" is the compute a row spent making its model: ingest, index, generation, filtering and
+training for the synthrag rows, training for the human row (evaluation excluded everywhere);
+"kept/min" is the synthrag rows' training lists per minute of making them (training excluded). A rerun on the same
 ``--workdir`` reuses what exists: the querygen run resumes stage by stage, a model with its
 metrics.json is not retrained, an evaluation in ``metrics/`` is not redone (delete to redo).
 """
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=48, help="passages querygen generates from")
     ap.add_argument("--human-epochs", type=int, default=1)
     ap.add_argument("--skip-synthrag", action="store_true", help="only the base and human rows")
+    ap.add_argument("--skip-contrastive", action="store_true",
+                    help="no contrastive-only row for the synthrag lists")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="extra querygen run overrides (key=value), as `synthrag run --set`")
     args = ap.parse_args()
@@ -151,22 +154,25 @@ def main() -> None:
         rows.append({"row": f"+ synthrag querygen, {args.passages} passages", "source": "synthrag (corpus only)",
                      "passages": args.passages, "queries": f"{n_lists} kept of {sent}",
                      "loss": "combined (listwise KL + 0.1 InfoNCE)",
-                     "minutes": (made + secs.get("querygen_train", 0.0)) / 60,
+                     "minutes": (made + secs.get("querygen_train", 0.0)) / 60, "per_min": n_lists / (made / 60),
                      **evaluate(f"querygen-{args.passages}", str(run / "retriever"))})
+    if not args.skip_synthrag and not args.skip_contrastive:
         done, seconds = fit(work / f"model-querygen-{args.passages}-contrastive", run, loss="contrastive")
         rows.append({"row": "  same lists, contrastive", "source": "synthrag (corpus only)",
                      "passages": args.passages, "queries": f"{n_lists} kept of {sent}",
                      "loss": "contrastive (InfoNCE, mined)", "minutes": (made + seconds) / 60,
+                     "per_min": n_lists / (made / 60),
                      **evaluate(f"querygen-{args.passages}-contrastive",
                                 str(work / f"model-querygen-{args.passages}-contrastive"))})
 
     print(f"\nSciFact dev: {len(dev)} held-out train queries over {len(corpus)} documents "
           f"({time.perf_counter() - t_all:.0f}s this invocation)")
-    print("| model | data source | passages | queries | loss | minutes | NDCG@10 | Recall@100 | MRR@10 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | data source | passages | queries | loss | minutes | kept/min | NDCG@10 | Recall@100 | MRR@10 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        per_min = f"{r['per_min']:.2f}" if r.get("per_min") else ""
         print(f"| {r['row']} | {r['source']} | {r['passages']} | {r['queries']} | {r['loss']} | "
-              f"{r['minutes']:.1f} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} | {r['mrr@10']:.4f} |")
+              f"{r['minutes']:.1f} | {per_min} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} | {r['mrr@10']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -248,6 +248,9 @@ def querygen(run: Run, cfg, *, limit: int | None) -> None:
     with run.stage("querygen_filter", run.stage_record("querygen_generate")["fingerprint"],
                    run.stage_record("index")["fingerprint"], qg.top_k, qg.teacher.model_dump(mode="json")) as rec:
         if rec is not None:
+            # generation is over: its warm servers' CPUs go to the teacher and the list builders
+            # (on a 2-core box the server's 2 CPUs + the teacher's 2 left the builder unplaced)
+            llm_pool.release()
             handle = _start_teacher(qg.teacher)
             try:
                 ds = run.read("querygen_queries").map_batches(
