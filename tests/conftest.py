@@ -17,6 +17,19 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # do; the suite runs ~10 small fits (and its local Rays inherit this environment)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
+# Property-based tests (hypothesis): a modest number of cases in CI; `pytest
+# --hypothesis-profile=long tests/test_fuzz_readers.py` runs the benchmark figures' thousands.
+try:
+    from hypothesis import HealthCheck, settings
+
+    _quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=30, deadline=None, database=None, suppress_health_check=_quiet,
+                              derandomize=True)
+    settings.register_profile("long", max_examples=1500, deadline=None, database=None, suppress_health_check=_quiet)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # the property tests skip themselves
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -159,9 +159,10 @@ def test_cli_serves_until_sigint(ray_local):
 
     import pipelines.cli.serve  # noqa: F401  (registers the command)
     from pipelines.cli.app import app
+    from pipelines.core.config import ConfigError
 
     bad = CliRunner().invoke(app, ["serve", "teacher", "--judge", "bogus"])
-    assert bad.exit_code == 2 and "invalid teacher config" in bad.output
+    assert isinstance(bad.exception, ConfigError) and "teacher.judge = 'bogus'" in str(bad.exception)
 
     # Serve already running on another port (another app's): a clear refusal, not a silent clash.
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -18,11 +21,15 @@ AddressOpt = typer.Option(None, "--address", help="Ray cluster to join (default:
 
 
 def open_run(out: Path, command: str, config: Optional[Path], overrides: Optional[list[str]], address: Optional[str]):
+    """The validated config and the opened run directory. Everything a person can get wrong (the
+    config, its model paths, the run directory, the address) is checked before Ray starts."""
     from cluster.runtime import connect
-    from pipelines.core.run import Run
-    from pipelines.registry import load_config
+    from pipelines.core.run import Run, check_run_dir
+    from pipelines.registry import check_models, load_config
 
     cfg = load_config(config, overrides)
+    check_models(cfg)
+    check_run_dir(out.expanduser().resolve(), command)
     connect(address)
     run = Run.open(out, command=command, config=cfg.model_dump(mode="json"))
     return cfg, run
@@ -60,19 +67,53 @@ def execute(command: str, corpus: Path, out: Path, config, overrides, address, m
     """Ingest the corpus, then run ``method(run, cfg, limit=...)``; the manifest records failure.
     The method's LLM stages share warm servers (one per model, :mod:`actors.llm_pool`)."""
     from actors import llm_pool
+    from pipelines.core.run import DiskFull, is_disk_full
     from pipelines.stages.ingest import ingest as run_ingest
 
     t0 = time.perf_counter()
+    if not Path(corpus).expanduser().exists():
+        raise FileNotFoundError(f"corpus path {corpus} does not exist")
     cfg, run = open_run(out, command, config, overrides, address)
     try:
-        run_ingest(run, corpus, cfg.ingest)
-        if method is not None:
-            with llm_pool.warm():
-                method(run, cfg, limit=limit)
-    except BaseException:
-        run.finish("failed")
-        raise
-    finish(run, t0)
+        with interrupt_on_sigterm():
+            run_ingest(run, corpus, cfg.ingest)
+            if method is not None:
+                with llm_pool.warm():
+                    method(run, cfg, limit=limit)
+        finish(run, t0)
+    except KeyboardInterrupt:
+        run.finish("interrupted")
+        raise RunInterrupted(f"interrupted; finished stages and staged rows are kept in {run.root}: "
+                             f"rerun the same command to resume") from None
+    except BaseException as e:
+        if not is_disk_full(e):
+            run.finish("failed")
+            raise
+        try:
+            run.finish("failed: disk full")
+        except OSError:
+            pass  # the manifest on disk is the last one saved: it lists every committed stage
+        raise DiskFull(f"no space left on the disk of {run.root}; committed stages are kept: free space "
+                       f"(or copy the folder elsewhere) and rerun the same command to resume") from e
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a run; its manifest says ``interrupted`` and a rerun resumes."""
+
+
+@contextmanager
+def interrupt_on_sigterm():
+    """SIGTERM (a scheduler's stop, ``kill``, a spot notice) stops the run the way Ctrl-C does:
+    as a KeyboardInterrupt in the driver, so the manifest records it. Ray's own driver handler
+    would exit at once (``sys.exit``), leaving the manifest saying ``running``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()

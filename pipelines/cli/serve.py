@@ -7,22 +7,48 @@ deployment are in :mod:`actors.teacher`; this module only turns flags into a
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Optional
 
 import typer
 import yaml
-from pydantic import ValidationError
 
 from pipelines.cli.app import serve_app
+from pipelines.core.config import ConfigError
+
+
+class PortInUse(OSError):
+    """Another process listens on the port Serve was asked to use."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go: taken means another program serves there (Serve
+    itself would log the failure in its proxy actor and keep retrying, never telling us)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is in use by another program; "
+                                f"pick another with --port") from None
+            raise
 
 
 def _load_config(path: Optional[Path]) -> dict:
     if path is None:
         return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data.get("teacher", data)  # a whole run config or just its teacher: section
 
 
@@ -52,17 +78,17 @@ def serve_teacher(
     from ray import serve
 
     from actors.teacher import TeacherConfig, start_teacher
+    from pipelines.core.config import validate
+    from actors.models import resolve_model
 
     fields = _load_config(config)
     flags = dict(model=model, judge=judge, host=host, port=port, token=token, min_replicas=min_replicas,
                  max_replicas=max_replicas, num_cpus=num_cpus, num_gpus=num_gpus,
                  max_passages=max_passages, max_batch_size=max_batch_size)
     fields.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        cfg = TeacherConfig.model_validate(fields)
-    except ValidationError as e:
-        typer.echo(f"invalid teacher config: {e}", err=True)
-        raise typer.Exit(2) from None
+    cfg = validate(TeacherConfig, fields, source=str(config) if config else "teacher flags", prefix="teacher")
+    if cfg.model != "embedded":
+        resolve_model(cfg.model, "teacher")
 
     stop = threading.Event()
     previous = {}
@@ -85,6 +111,13 @@ def serve_teacher(
             ray.shutdown()
         raise typer.Exit(2)
     owns_serve = running is None  # stop Serve on exit only if this command started it
+    if owns_serve and not (address or os.environ.get("RAY_ADDRESS")):  # Serve will bind on this machine
+        try:
+            check_port_free(cfg.host, cfg.port)
+        except PortInUse:
+            if not ray_was_running:
+                ray.shutdown()
+            raise
     try:
         start_teacher(cfg, address=address)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import ValidationError
 
 from pipelines.cli.app import train_app
 
@@ -56,7 +55,8 @@ def train_retriever_cmd(
                                "K 19, false negatives > 0.6 out of the contrastive term"),
 ) -> None:
     """Train a retriever with GradCache on Ray Train and export a sentence-transformers model."""
-    from training.retriever import DataError, RetrieverTrainConfig, train_retriever
+    from pipelines.core.config import validate
+    from training.retriever import RetrieverTrainConfig, train_retriever
 
     settings = dict(
         data=data, data_weights=weight or None, base=base, out=out, loss=loss, epochs=epochs, batch_size=batch_size,
@@ -70,15 +70,8 @@ def train_retriever_cmd(
         settings = {k: v for k, v in settings.items()
                     if getattr(ctx.get_parameter_source(flag.get(k, k)), "name", "") != "DEFAULT"}
         settings["preset"] = preset
-    try:
-        cfg = RetrieverTrainConfig(**settings)
-    except ValidationError as e:
-        raise typer.BadParameter(str(e)) from e
-    try:
-        metrics = train_retriever(cfg, address=address)
-    except DataError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    cfg = validate(RetrieverTrainConfig, settings, source="train retriever flags")
+    metrics = train_retriever(cfg, address=address)  # a DataError is one line (pipelines.cli.main)
     summary = {k: metrics[k] for k in ("best_epoch", "best_dev_loss", "stopped_early",
                                        "epochs_run", "steps", "starts")}
     typer.echo(json.dumps({"model": str(cfg.out.resolve()), **summary}))

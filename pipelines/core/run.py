@@ -9,6 +9,7 @@ fingerprint (its config and inputs) matches a finished stage in the manifest is 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -52,6 +53,69 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+class DiskFull(OSError):
+    """The run directory's disk filled up; what was committed before stays (rerun to resume)."""
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what caused it: a Ray task error's ``cause``, a chained exception) is
+    ENOSPC / EDQUOT, the way a full disk shows up from our process, a Ray worker or Arrow."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return False
+
+
+class RunDirError(ValueError):
+    """A run directory this command must not write into (the message says why and what to do)."""
+
+
+def _method(command: str) -> str | None:
+    """``run ragsynth`` -> ``ragsynth``; a command that is not a method run (``ingest``) -> None."""
+    parts = command.split()
+    return parts[1] if len(parts) == 2 and parts[0] == "run" else None
+
+
+def check_run_dir(root: Path, command: str) -> dict | None:
+    """The manifest of an existing run directory ``command`` may resume (None: a new one).
+
+    Refused: a file in the way, a manifest that does not parse, a run of another method (its
+    tables would mix with this one's), and a run written by a newer synthrag (its tables may have
+    columns this version does not know)."""
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"run directory {root} is a file; pass a folder to --out")
+    path = root / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        assert isinstance(manifest, dict) and isinstance(manifest.get("stages"), list)
+    except (ValueError, AssertionError, UnicodeDecodeError):
+        raise RunDirError(f"{path} is not a synthrag manifest; pick a new --out or remove the folder") from None
+    theirs, ours = _method(str(manifest.get("command", ""))), _method(command)
+    if theirs and ours and theirs != ours:
+        raise RunDirError(f"{root} holds a `{manifest['command']}` run; `{command}` needs its own "
+                          f"run directory (pick another --out)")
+    written = (manifest.get("versions") or {}).get("synthrag")
+    mine = package_versions().get("synthrag")
+    if written and mine:
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            newer = Version(written) > Version(mine)
+        except InvalidVersion:
+            newer = False
+        if newer:
+            raise RunDirError(f"{root} was written by synthrag {written}, newer than this {mine}; "
+                              f"upgrade synthrag or pick another --out")
+    return manifest
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -90,10 +154,8 @@ class Run:
     @classmethod
     def open(cls, root: str | Path, *, command: str, config: dict) -> "Run":
         root = Path(root).expanduser().resolve()
+        manifest = check_run_dir(root, command) or {"created": _now(), "stages": []}
         root.mkdir(parents=True, exist_ok=True)
-        path = root / "manifest.json"
-        manifest = json.loads(path.read_text()) if path.exists() else {
-            "created": _now(), "stages": []}
         manifest.update(command=command, config=config, versions=package_versions(),
                         host=socket.gethostname(), status="running", updated=_now())
         run = cls(root, manifest)
@@ -186,7 +248,7 @@ class Run:
         try:
             yield rec
         except BaseException as e:
-            rec.status = f"failed: {type(e).__name__}: {e}"[:500]
+            rec.status = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"[:500]
             rec.seconds = time.perf_counter() - t0
             self._put_record(rec)
             raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import html as htmllib
 import json
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -69,6 +70,9 @@ class IngestConfig(BaseModel):
     max_candidates_per_fingerprint: int = 200
     chunker_concurrency: tuple[int, int] = (1, 2)
     limit_files: int | None = None
+    # a document (a file read whole, a line of a sharded file, a record's text) larger than this is
+    # a reject, read no further, so one giant line cannot take a worker's memory
+    max_document_bytes: int = Field(32 << 20, ge=1 << 10)
     quality: QualityConfig = QualityConfig()  # which chunks the LLM stages see (stages/quality.py)
 
 
@@ -77,52 +81,99 @@ def discover(path: str | Path, cfg: IngestConfig) -> list[dict]:
     """List the read tasks: byte shards of text files, row groups of parquet, one per other file.
 
     Runs in the driver over file metadata only (sizes, parquet footers), never file contents.
+    Entries that are not regular files (broken links, link loops, fifos, links to folders, which
+    are not followed) become tasks that read as rejects, so the listing loses nothing.
     """
     root = Path(path).expanduser().resolve()
     if not root.exists():
         raise FileNotFoundError(f"corpus path {root} does not exist")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    entries = [root] if not root.is_dir() else sorted(
+        p for p in root.rglob("*") if not (p.is_dir() and not p.is_symlink()))
     if cfg.limit_files:
-        files = files[: cfg.limit_files]
-    base = root.parent if root.is_file() else root
+        entries = entries[: cfg.limit_files]
+    base = root.parent if not root.is_dir() else root
     tasks = []
-    for f in files:
+    for f in entries:
         rel = f.relative_to(base).as_posix()
         kind = TEXT_TYPES.get(f.suffix.lower(), "unsupported")
-        size = f.stat().st_size
-        common = {"path": str(f), "rel": rel, "kind": kind, "size": size}
+        common = {"path": str(f), "rel": rel, "kind": kind, "size": 0, "part": 0, "parts": 1, "start": 0, "end": 0}
+        problem = _not_a_file(f)
+        if problem:
+            tasks.append({**common, "error": problem})
+            continue
+        try:
+            size = f.stat().st_size
+        except OSError as e:
+            tasks.append({**common, "error": f"cannot stat: {e.strerror or e}"})
+            continue
+        common.update(size=size, end=size)
         if kind == "parquet":
             try:
                 groups = pq.ParquetFile(f).num_row_groups
             except Exception as e:
-                tasks.append({**common, "part": 0, "parts": 1, "start": 0, "end": size,
-                              "error": f"unreadable parquet: {e}"})
+                tasks.append({**common, "error": f"unreadable parquet: {e}"})
                 continue
-            tasks += [{**common, "part": i, "parts": groups, "start": i, "end": i + 1} for i in range(groups)]
+            tasks += [{**common, "part": i, "parts": groups, "start": i, "end": i + 1} for i in range(max(groups, 1))]
         elif kind in ("text", "markdown", "jsonl") and size > cfg.shard_bytes:
             n = -(-size // cfg.shard_bytes)
             tasks += [{**common, "part": i, "parts": n, "start": i * cfg.shard_bytes,
                        "end": min(size, (i + 1) * cfg.shard_bytes)} for i in range(n)]
         else:
-            tasks.append({**common, "part": 0, "parts": 1, "start": 0, "end": size})
+            tasks.append(common)
     return tasks
 
 
-def read_byte_range(path: str, start: int, end: int) -> bytes:
+def _not_a_file(p: Path) -> str | None:
+    """Why ``p`` cannot be read as a document (None: a regular file, possibly through a link)."""
+    if p.is_symlink():
+        if p.is_dir():
+            return "link to a folder: not followed (links can loop); pass the folder itself as a corpus"
+        try:
+            p.resolve(strict=True)
+        except RuntimeError:
+            return "symbolic link loop"
+        except OSError as e:
+            return f"broken symbolic link ({e.strerror or e})"
+    if not p.is_file():
+        return "not a regular file (a fifo, socket or device)"
+    return None
+
+
+def read_byte_range(path: str, start: int, end: int, max_line: int | None = None) -> tuple[bytes, list[tuple[int, int]]]:
     """Bytes of the lines that *begin* in [start, end): a line straddling a boundary belongs to
-    the shard where it starts, so shards tile the file exactly."""
+    the shard where it starts, so shards tile the file exactly. A line longer than ``max_line``
+    bytes is not read into memory: it is left out (an empty line keeps the numbering) and listed
+    as (line number in the shard, 1-based; its length) so the caller can reject it."""
+    limit = max_line or -1
+    out, long = [], []
     with open(path, "rb") as f:
         if start > 0:
             f.seek(start - 1)
             if f.read(1) != b"\n":
-                f.readline()  # finish the line owned by the previous shard
-        pos = f.tell()
-        if pos >= end and start > 0:
-            return b""
-        data = f.read(max(0, end - pos))
-        if end < Path(path).stat().st_size and not data.endswith(b"\n"):
-            data += f.readline()
-        return data
+                _skip_line(f)  # finish the line owned by the previous shard
+        pos, i = f.tell(), 0
+        while pos < end:
+            line = f.readline(limit + 1 if max_line else -1)
+            if not line:
+                break
+            i += 1
+            if max_line and len(line) > max_line and not line.endswith(b"\n"):
+                n = len(line) + _skip_line(f)
+                long.append((i, n))
+                line = b"\n"
+            out.append(line)
+            pos = f.tell()
+    return b"".join(out), long
+
+
+def _skip_line(f, block: int = 1 << 20) -> int:
+    """Move past the next newline without holding the line in memory; the bytes skipped."""
+    n = 0
+    while True:
+        piece = f.readline(block)
+        n += len(piece)
+        if not piece or piece.endswith(b"\n"):
+            return n
 
 
 def looks_binary(data: bytes) -> bool:
@@ -172,10 +223,15 @@ def clean_text(text: str) -> str:
     return _BLANKS.sub("\n\n", text).strip()
 
 
+_SCRIPTS = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
+
+
 def html_to_text(raw: str) -> tuple[str, str | None]:
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(raw, "html.parser")
+    # scripts and styles go before parsing too: in broken markup (``<div<script>``) the parser
+    # may not see the tag, and the code would read as text
+    soup = BeautifulSoup(_SCRIPTS.sub(" ", raw), "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else None
     for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template", "svg"]):
         tag.decompose()
@@ -193,19 +249,33 @@ def _md_title(text: str) -> str | None:
     return None
 
 
+def _utf8(s: str | None) -> str | None:
+    """``s`` as Arrow can store it: lone surrogates (a JSON ``"\\ud800"``, a mis-decoded file
+    name) become U+FFFD instead of failing the whole batch at write time."""
+    return s if s is None or s.isascii() else s.encode("utf-8", "replace").decode("utf-8")
+
+
 def _doc(doc_id: str, source: str, title: str | None, text: str, meta: dict) -> dict:
-    return {"doc_id": doc_id, "source": source, "title": title, "text": text, "meta": dumps(meta),
-            REJECT_REASON: None, REJECT_DETAIL: None}
+    return {"doc_id": _utf8(doc_id), "source": _utf8(source), "title": _utf8(title), "text": _utf8(text),
+            "meta": _utf8(dumps(meta)), REJECT_REASON: None, REJECT_DETAIL: None}
 
 
 def _rej(task: dict, reason: str, detail: Any, *, doc_id: str | None = None) -> dict:
-    return {"doc_id": doc_id or task["rel"], "source": task["rel"], "title": None, "text": None,
+    return {"doc_id": _utf8(doc_id or task["rel"]), "source": _utf8(task["rel"]), "title": None, "text": None,
             "meta": dumps({"part": task["part"]}), REJECT_REASON: reason,
-            REJECT_DETAIL: detail if isinstance(detail, str) else dumps(detail)}
+            REJECT_DETAIL: _utf8(detail if isinstance(detail, str) else dumps(detail))}
 
 
 def read_task(task: dict, cfg: IngestConfig) -> Iterator[dict]:
-    """Documents (or rejects) from one read task. Never raises on bad input."""
+    """Documents (or rejects) from one read task: at least one row, and never an exception.
+    A reader bug shows as a ``reader_error`` reject (the fuzz tests count them: zero so far)."""
+    try:
+        yield from _read_task(task, cfg)
+    except Exception as e:  # only text/html reach here with nothing yielded; records catch their own
+        yield _rej(task, "reader_error", f"{type(e).__name__}: {e}")
+
+
+def _read_task(task: dict, cfg: IngestConfig) -> Iterator[dict]:
     rel, kind = task["rel"], task["kind"]
     if task.get("error"):
         yield _rej(task, "unreadable_file", task["error"])
@@ -220,16 +290,27 @@ def read_task(task: dict, cfg: IngestConfig) -> Iterator[dict]:
     if kind == "parquet":
         yield from _read_parquet(task, cfg)
         return
+    by_lines = kind in ("text", "markdown", "jsonl")  # read line by line; other files are read whole
+    if not by_lines and task["size"] > cfg.max_document_bytes:
+        yield _rej(task, "document_too_large", f"{task['size']} bytes > ingest.max_document_bytes="
+                   f"{cfg.max_document_bytes}; split the file or raise the limit")
+        return
     try:
-        data = read_byte_range(task["path"], task["start"], task["end"])
+        data, long = read_byte_range(task["path"], task["start"], task["end"],
+                                     cfg.max_document_bytes if by_lines else None)
     except OSError as e:
         yield _rej(task, "unreadable_file", str(e))
         return
-    if task["part"] == 0 and looks_binary(data):
+    where = "line " if task["parts"] == 1 else f"line p{task['part']}."
+    for line, n in long:  # each line over the limit is its own reject (numbered as _read_jsonl does)
+        yield _rej(task, "document_too_large", f"{where}{line}: {n} bytes > ingest.max_document_bytes="
+                   f"{cfg.max_document_bytes}; split the line or raise the limit", doc_id=f"{rel}:{where[5:]}{line}")
+    # (a JSONL file is judged line by line: only NULs make all of it binary)
+    if task["part"] == 0 and (b"\x00" in data[:8192] if kind == "jsonl" else looks_binary(data)):
         yield _rej(task, "binary_file", "NUL or control bytes in the first 8 KiB; not a text file")
         return
     if kind == "jsonl":
-        yield from _read_jsonl(task, data, cfg)
+        yield from _read_jsonl(task, data, cfg, lines_rejected=len(long))
         return
     text, enc = decode(data)
     title = None
@@ -240,15 +321,23 @@ def read_task(task: dict, cfg: IngestConfig) -> Iterator[dict]:
         title = _md_title(text)
     title = title or Path(rel).stem
     doc_id = rel if task["parts"] == 1 else f"{rel}#p{task['part']}"
-    if not text:
-        yield _rej(task, "empty_file" if task["parts"] == 1 else "empty_text", "no text after cleaning",
-                   doc_id=doc_id)
+    if not text:  # (a shard that holds no line start, or only rejected lines, is no document)
+        if not long and (task["parts"] == 1 or data):
+            yield _rej(task, "empty_file" if task["parts"] == 1 else "empty_text", "no text after cleaning",
+                       doc_id=doc_id)
         return
     yield _doc(doc_id, rel, title, text, {"encoding": enc, "part": task["part"], "parts": task["parts"],
                                           "type": kind})
 
 
 def _record_doc(task: dict, rec: Any, where: str, cfg: IngestConfig) -> dict:
+    try:
+        return _record(task, rec, where, cfg)
+    except Exception as e:
+        return _rej(task, "reader_error", f"{where}: {type(e).__name__}: {e}", doc_id=f"{task['rel']}:{where}")
+
+
+def _record(task: dict, rec: Any, where: str, cfg: IngestConfig) -> dict:
     if not isinstance(rec, dict):
         return _rej(task, "malformed_record", f"{where}: expected a JSON object, got {type(rec).__name__}",
                     doc_id=f"{task['rel']}:{where}")
@@ -257,6 +346,9 @@ def _record_doc(task: dict, rec: Any, where: str, cfg: IngestConfig) -> dict:
     doc_id = str(rid) if rid not in (None, "") else f"{task['rel']}:{where}"
     if not isinstance(text, str):
         return _rej(task, "missing_text_field", f"{where}: no string field {cfg.text_field!r}", doc_id=doc_id)
+    if len(text) > cfg.max_document_bytes:
+        return _rej(task, "document_too_large", f"{where}: {len(text)} characters > ingest.max_document_bytes="
+                    f"{cfg.max_document_bytes}", doc_id=doc_id)
     title = rec.get(cfg.title_field)
     text = clean_text(text)
     if not text:
@@ -265,24 +357,32 @@ def _record_doc(task: dict, rec: Any, where: str, cfg: IngestConfig) -> dict:
     return _doc(doc_id, task["rel"], str(title) if title else None, text, {"record": where, **meta})
 
 
-def _read_jsonl(task: dict, data: bytes, cfg: IngestConfig) -> Iterator[dict]:
+def _read_jsonl(task: dict, data: bytes, cfg: IngestConfig, lines_rejected: int = 0) -> Iterator[dict]:
     text, _ = decode(data)
     # Line numbers are exact for unsharded files; a shard numbers from its own start.
     prefix = "" if task["parts"] == 1 else f"p{task['part']}."
+    seen = 0
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        seen += 1
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield _rej(task, "malformed_json", f"line {prefix}{i}: {e.msg}: {line[:200]!r}",
+        except (ValueError, RecursionError) as e:  # also: nesting too deep, 5,000-digit numbers
+            why = e.msg if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {str(e)[:200]}"
+            yield _rej(task, "malformed_json", f"line {prefix}{i}: {why}: {line[:200]!r}",
                        doc_id=f"{task['rel']}:{prefix}{i}")
             continue
         yield _record_doc(task, rec, f"line {prefix}{i}", cfg)
+    if not seen and task["parts"] == 1 and not lines_rejected:
+        yield _rej(task, "empty_file", "no records, only blank lines")
 
 
 def _read_parquet(task: dict, cfg: IngestConfig) -> Iterator[dict]:
     try:
+        if task["part"] == 0 and pq.ParquetFile(task["path"]).metadata.num_rows == 0:
+            yield _rej(task, "empty_file", "parquet file has no rows")
+            return
         table = pq.ParquetFile(task["path"]).read_row_group(task["part"])
     except Exception as e:
         yield _rej(task, "unreadable_file", f"row group {task['part']}: {e}")
@@ -385,8 +485,10 @@ class Chunker:
     def chunk(self, doc: dict) -> list[dict]:
         text, cfg = doc["text"], self.cfg
         spans = self.sentences(text)
-        if not spans:
-            return []
+        if not spans:  # nothing to split (cannot follow read's cleaning; kept as a reject if it does)
+            row = self._row(doc, 0, [(0, len(text))], 0)
+            row.update({REJECT_REASON: "no_sentences", REJECT_DETAIL: "no sentence found in the document"})
+            return [row]
         counts = [len(x) for x in self.tok([text[a:b] for a, b in spans], add_special_tokens=False)["input_ids"]]
         sp, ct = [], []
         for s, c in zip(spans, counts):
