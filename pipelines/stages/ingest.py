@@ -301,14 +301,14 @@ def _read_task(task: dict, cfg: IngestConfig) -> Iterator[dict]:
     except OSError as e:
         yield _rej(task, "unreadable_file", str(e))
         return
-    where = "line " if task["parts"] == 1 else f"line p{task['part']}."
-    for line, n in long:  # each line over the limit is its own reject (numbered as _read_jsonl does)
-        yield _rej(task, "document_too_large", f"{where}{line}: {n} bytes > ingest.max_document_bytes="
-                   f"{cfg.max_document_bytes}; split the line or raise the limit", doc_id=f"{rel}:{where[5:]}{line}")
     # (a JSONL file is judged line by line: only NULs make all of it binary)
     if task["part"] == 0 and (b"\x00" in data[:8192] if kind == "jsonl" else looks_binary(data)):
         yield _rej(task, "binary_file", "NUL or control bytes in the first 8 KiB; not a text file")
         return
+    where = "line " if task["parts"] == 1 else f"line p{task['part']}."
+    for line, n in long:  # each line over the limit is its own reject (numbered as _read_jsonl does)
+        yield _rej(task, "document_too_large", f"{where}{line}: {n} bytes > ingest.max_document_bytes="
+                   f"{cfg.max_document_bytes}; split the line or raise the limit", doc_id=f"{rel}:{where[5:]}{line}")
     if kind == "jsonl":
         yield from _read_jsonl(task, data, cfg, lines_rejected=len(long))
         return
