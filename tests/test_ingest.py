@@ -172,10 +172,24 @@ def _messy_corpus(root, big_bytes: int):
 def test_ingest_messy_folder_end_to_end(ray_local, tmp_path):
     corpus = tmp_path / "corpus"
     _messy_corpus(corpus, big_bytes=3 * 2**20)  # three 1 MiB shards
-    cfg = IngestConfig(splitter="regex", chunk_tokens=256, overlap_tokens=0, shard_bytes=1 << 20)
+    cfg = IngestConfig(splitter="regex", chunk_tokens=256, overlap_tokens=0, shard_bytes=1 << 20,
+                       driver_max_bytes=0)  # Ray Data read tasks and the chunker pool
     run = Run.open(tmp_path / "run", command="test", config={})
     ingest(run, corpus, cfg)
     stages = {s["name"]: s for s in run.manifest["stages"]}
+    assert stages["read"]["where"] == stages["chunk"]["where"] == "ray"
+
+    # a small corpus is read and chunked on the driver: the same tables
+    small = Run.open(tmp_path / "small", command="test", config={})
+    ingest(small, corpus, cfg.model_copy(update={"driver_max_bytes": 8 << 20}))
+    assert {s["name"]: s.get("where") for s in small.manifest["stages"]}.keys() >= {"read", "chunk"}
+    assert small.stage_record("read")["where"] == small.stage_record("chunk")["where"] == "driver"
+    for table, key in (("documents", "doc_id"), ("chunks_raw", "chunk_id"), ("rejects/read", "doc_id"),
+                       ("rejects/chunk", "chunk_id")):
+        if (run.path(table)).exists() or (small.path(table)).exists():
+            a = pads.dataset(run.path(table)).to_table().sort_by(key)
+            b = pads.dataset(small.path(table)).to_table().sort_by(key)
+            assert a.to_pylist() == b.to_pylist(), table
     for s in stages.values():
         assert s["in"] == s["out"] + sum(s["rejected"].values()), s
 

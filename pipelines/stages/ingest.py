@@ -22,6 +22,7 @@ import json
 import os
 import re
 import unicodedata
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -73,6 +74,10 @@ class IngestConfig(BaseModel):
     # a document (a file read whole, a line of a sharded file, a record's text) larger than this is
     # a reject, read no further, so one giant line cannot take a worker's memory
     max_document_bytes: int = Field(32 << 20, ge=1 << 10)
+    # a corpus of at most this many bytes (and at most 256 read tasks) is read and chunked in the
+    # driver: a Ray Data read costs ~4 s and the chunker pool ~5-10 s of start-up on a small run,
+    # more than the work. Same rows either way; 0 always uses Ray.
+    driver_max_bytes: int = Field(8 << 20, ge=0)
     quality: QualityConfig = QualityConfig()  # which chunks the LLM stages see (stages/quality.py)
 
 
@@ -400,6 +405,15 @@ def _read_batch(batch: pa.Table, cfg: dict) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=DOC_STAGING)
 
 
+def read_documents_on_driver(tasks: list[dict], cfg: IngestConfig) -> pa.Table:
+    """The same rows as :func:`read_documents`, read in this process."""
+    return pa.Table.from_pylist([d for task in tasks for d in read_task(task, cfg)], schema=DOC_STAGING)
+
+
+def on_driver(tasks: list[dict], cfg: IngestConfig) -> bool:
+    return len(tasks) <= 256 and sum({t["path"]: t["size"] for t in tasks}.values()) <= cfg.driver_max_bytes
+
+
 def read_documents(tasks: list[dict], cfg: IngestConfig):
     import ray.data
 
@@ -424,13 +438,14 @@ CHUNKS_RAW = staging(CHUNKS, pa.field("norm", pa.string()))
 class Chunker:
     """Callable class for an actor pool: documents in, sentence-aligned token chunks out."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, threads: int | None = 1):
         import torch
         from transformers import AutoTokenizer
 
         from actors.models import load_spacy, resolve_model
 
-        torch.set_num_threads(1)
+        if threads:  # an actor's own process (the driver keeps its settings)
+            torch.set_num_threads(threads)
         self.cfg = IngestConfig.model_validate(cfg)
         self.nlp = load_spacy(sentences_only=True) if self.cfg.splitter == "model" else None
         if self.nlp is not None:
@@ -536,6 +551,19 @@ class Chunker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [c for doc in batch.to_pylist() for c in self.chunk(doc)]
         return pa.Table.from_pylist(rows, schema=CHUNKS_RAW)
+
+
+@lru_cache(maxsize=2)
+def _driver_chunker(cfg_json: str) -> Chunker:
+    return Chunker(json.loads(cfg_json), threads=None)
+
+
+def chunk_documents_on_driver(docs: pa.Table, cfg: IngestConfig) -> pa.Table:
+    """The same rows as :func:`chunk_documents`, chunked in this process (one chunker per config,
+    kept for the next run of this process)."""
+    chunker = _driver_chunker(json.dumps(cfg.model_dump(), sort_keys=True))
+    return pa.concat_tables([chunker(docs.slice(i, 64)) for i in range(0, docs.num_rows, 64)]
+                            or [CHUNKS_RAW.empty_table()])
 
 
 def chunk_documents(docs, cfg: IngestConfig):
@@ -786,15 +814,21 @@ def ingest(run: Run, corpus: str | Path, cfg: IngestConfig) -> None:
     cfgd = cfg.model_dump()
     tasks = discover(corpus, cfg)
     listing = stable_listing(tasks)
-    with run.stage("read", corpus, listing, cfgd) as rec:
+    small = on_driver(tasks, cfg)
+    where = "driver" if small else "ray"
+    read_fp = {k: v for k, v in cfgd.items() if k != "driver_max_bytes"}  # where is not what
+    with run.stage("read", corpus, listing, read_fp) as rec:
         if rec is not None:
-            run.commit(rec, read_documents(tasks, cfg), table="documents", schema=DOCUMENTS)
-            rec.extra["files"] = len({t["path"] for t in tasks})
+            docs = read_documents_on_driver(tasks, cfg) if small else read_documents(tasks, cfg)
+            run.commit(rec, docs, table="documents", schema=DOCUMENTS)
+            rec.extra.update(files=len({t["path"] for t in tasks}), where=where)
     docs_fp = run.stage_record("read")["fingerprint"]
     chunk_cfg = {k: cfgd[k] for k in ("chunk_tokens", "overlap_tokens", "tokenizer", "min_chunk_words", "splitter")}
     with run.stage("chunk", docs_fp, chunk_cfg) as rec:
         if rec is not None:
-            ds = chunk_documents(run.read("documents"), cfg)
+            ds = (chunk_documents_on_driver(run.read_arrow("documents"), cfg) if small
+                  else chunk_documents(run.read("documents"), cfg))
+            rec.extra["where"] = where
             run.commit(rec, ds, table="chunks_raw", schema=pa.schema(list(CHUNKS) + [pa.field("norm", pa.string())]))
     chunk_fp = run.stage_record("chunk")["fingerprint"]
     dd_cfg = {k: cfgd[k] for k in ("dedupe", "shingle_words", "winnow_window", "max_candidates_per_fingerprint")}
