@@ -833,6 +833,15 @@ class LLMActor:
         return batch
 
 
+def crash_retries(batch_size: int, max_crashes: int) -> int:
+    """Ray task retries for a batch, so that the crash journal, not Ray, decides when to give up:
+    every death during a batch counts against the rows in flight (the whole batch, then one row at
+    a time), so a batch sees at most ``batch_size * max_crashes + 1`` deaths before each of its rows
+    is done or rejected. (``max_crashes + 2`` failed whole runs: five unrelated deaths during one
+    batch, benchmarks/bench_chaos.py.)"""
+    return batch_size * max_crashes + 2
+
+
 def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, check: Check | None = None,
             prompt_search: list[str] | None = None, prompt_key: str | None = None, rows: int | None = None,
             journal_dir: str | os.PathLike | None = None):
@@ -884,5 +893,5 @@ def llm_map(ds, *, llm: LLMConfig, prompt: str | dict[str, str], stage: str, che
         num_cpus=llm.num_cpus,
         num_gpus=llm.num_gpus or None,
         max_restarts=-1,  # the journal, not a restart budget, bounds how often a row is retried
-        max_task_retries=llm.max_crashes + 2,
+        max_task_retries=crash_retries(llm.batch_size, llm.max_crashes),
     )

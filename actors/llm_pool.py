@@ -74,6 +74,8 @@ class Pool:
     def get(self, llm: dict, wanted: int) -> list:
         import ray
 
+        from actors.llm import crash_retries
+
         key = engine_key(llm)
         if key not in self.servers:  # one model warm at a time: another model's servers go first
             self.release()
@@ -87,7 +89,8 @@ class Pool:
                 num_cpus=llm["num_cpus"], num_gpus=llm["num_gpus"] or None,
                 # a dead server is restarted and its batch retried; the crash journal, not a
                 # restart budget, bounds how often one row is retried
-                max_restarts=-1, max_task_retries=llm["max_crashes"] + 2)
+                # (servers outlive a stage: sized for batches of up to 32 rows or the first stage's)
+                max_restarts=-1, max_task_retries=crash_retries(max(32, llm["batch_size"]), llm["max_crashes"]))
             new = [cls.remote(llm) for _ in range(n - len(have))]
             ray.get([s.ready.remote() for s in new])  # the model loads once, here
             have.extend(new)
