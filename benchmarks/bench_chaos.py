@@ -38,19 +38,17 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
+
+from cluster.local_head import VENV_BIN, private_head
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-VENV_BIN = Path(sys.executable).parent
 
 # row-level stages (llm_stage and embed): stage -> (table of kept rows, key column)
 STAGE_TABLES = {
@@ -85,19 +83,6 @@ def make_corpus(workdir: Path, docs: int) -> Path:
     return out
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def ray_env() -> dict:
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", SYNTHRAG_PROGRESS="0",
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -105,51 +90,10 @@ def ray_env() -> dict:
     return env
 
 
-@contextmanager
 def ray_head(num_cpus: int, log_dir: Path):
     """A private Ray head with the dashboard (the state API lists actors through it); yields
-    (GCS address, dashboard URL). Stopped by SIGTERM to the blocking ``ray start`` (it stops what
-    it started), then SIGKILL to its process group: never ``ray stop``, which stops every Ray of
-    this user."""
-    (gcs, dash, agent_http, agent_grpc, renv, client, metrics, nm, om) = _free_ports(9)
-    temp_dir = tempfile.mkdtemp(prefix="srchaos-", dir="/tmp")  # short: unix socket paths
-    log = open(log_dir / "ray-start.log", "a")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}",
-         "--include-dashboard=true", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--port={gcs}", f"--dashboard-port={dash}",
-         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={renv}", f"--ray-client-server-port={client}",
-         f"--metrics-export-port={metrics}", f"--node-manager-port={nm}",
-         f"--object-manager-port={om}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited {proc.returncode}; see {log_dir / 'ray-start.log'}")
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        yield f"127.0.0.1:{gcs}", url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    (GCS address, dashboard URL)."""
+    return private_head(num_cpus, log_dir / "ray-start.log", ray_env(), prefix="srchaos-", timeout_s=180)
 
 
 # --------------------------------------------------------------------------- the run and its kills

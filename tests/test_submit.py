@@ -10,96 +10,30 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import pipelines.cli.ops  # noqa: F401  (registers the commands)
+from cluster.local_head import VENV_BIN, private_head
 from cluster.submit import SubmitConfig, entrypoint, job_runtime_env
 from pipelines.cli.app import app
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _wait_port(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"port {port} did not open")
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(tmp_path_factory):
     """A private Ray head with the dashboard (the Jobs API); yields its dashboard URL."""
-    (gcs, dash, agent_http, agent_grpc, renv, client, metrics, nm, om) = _free_ports(9)
-    temp_dir = tempfile.mkdtemp(prefix="srsub-", dir="/tmp")  # short: unix socket paths
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                # the job driver runs `python` from PATH, as on a cluster node with the env active
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
-    log = open(Path(temp_dir) / "ray-start.log", "w")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=1",
-         "--include-dashboard=true", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--port={gcs}", f"--dashboard-port={dash}",
-         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={renv}", f"--ray-client-server-port={client}",
-         f"--metrics-export-port={metrics}", f"--node-manager-port={nm}",
-         f"--object-manager-port={om}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(Path(temp_dir) / 'ray-start.log').read_text()}")
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        _wait_port(agent_http, deadline)  # jobs are handed to the head's dashboard agent
+    log = tmp_path_factory.mktemp("ray-head") / "ray-start.log"
+    with private_head(1, log, env, prefix="srsub-", wait_agent=True) as (_, url):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops its processes
-        try:
-            proc.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of ours still alive in the group
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
