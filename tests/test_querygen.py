@@ -132,7 +132,7 @@ def test_a_domain_examples_file_needs_only_the_requested_types(tmp_path):
 # A small run: N = 5 passages of ~100 tokens (of 20 SciFact abstracts, ~90 chunks) x 2 query types, lists of
 # K = 8 candidates (the method's 20 is the default); the teacher scores every query against its K
 # candidates, so the LLM work is 10 generations + up to 80 scorings.
-N, K = 5, 8  # passages, candidates per list
+N, K = 3, 8  # passages, candidates per list
 SMALL = ["--set", "querygen.query_types=[question,keywords]", "--set", "llm.batch_size=8", "--set", "llm.max_retries=1",
          "--set", f"querygen.top_k={K}", "--set", "ingest.chunk_tokens=100"]
 
