@@ -4,6 +4,7 @@ soft matching, the slice split, imputation and the SFT export format."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pyarrow as pa
 import pytest
@@ -103,6 +104,42 @@ def test_executed_sql_is_the_answer_and_failures_are_rejects_with_sql_and_error(
         detail = json.loads(r["reject_detail"])
         assert detail["sql"] and (detail.get("error") or detail.get("values") is not None)
     assert "no such column" in json.loads(out[2]["reject_detail"])["error"]
+
+
+def test_the_sql_stage_check_runs_each_candidate_in_the_sandbox(db):
+    """The LLM stage keeps the first candidate whose SQL executes and returns the seed value, and
+    rejects one that finds its row by the answer itself (its question would state the answer)."""
+    name = info_name(db)
+    row = {"db_path": str(db), "value": "Olsztyn"}
+    check = partial(tq.check_sql, timeout_s=2, max_rows=50, max_values=5, require_seed_value=True)
+    assert check(row, {"sql": f'SELECT `city` FROM `{name}` WHERE `year` = \'2011\''}) is None  # numbers as text
+    assert check(row, {"sql": f'SELECT "city" FROM "{name}" WHERE "year" = 1999'}).startswith("sql_empty_result")
+    assert check(row, {"sql": f'SELECT `Olsztyn` FROM `{name}` WHERE `year` = 2011'}).startswith("sql_error")
+    assert check(row, {"sql": f'SELECT "city" FROM "{name}" WHERE "year" = 2010'}).startswith("seed_value_missing")
+    assert check(row, {"sql": f'SELECT "city" FROM "{name}" WHERE "city" = \'Olsztyn\''}).startswith("answer_in_sql")
+    assert check(row, {"sql": f'DELETE FROM "{name}"'}).startswith("sql_not_select")
+    before = db.read_bytes()
+    assert check(row, {"sql": f'SELECT "city" FROM "{name}"; DROP TABLE "{name}"'}) is not None
+    assert db.read_bytes() == before
+
+
+def test_a_table_question_states_the_sqls_condition_and_not_its_answer():
+    row = {"sql": "SELECT `role` FROM `t` WHERE `year` = '1979'", "values": ["Heimlich"]}
+    assert tq.check_question(row, {"question": "What role did he play in 1979?"}) is None
+    assert tq.check_question(row, {"question": "What is the result of the SQL statement?"}).startswith("sql_in_question")
+    assert tq.check_question(row, {"question": "What role did he play?"}).startswith("condition_missing")
+    assert tq.check_question(row, {"question": "Was Heimlich his role in 1979?"}).startswith("answer_in_question")
+    assert tq.check_question({"sql": "SELECT COUNT(*) FROM `t`", "values": ["3"]},
+                             {"question": "How many rows are there?"}) is None  # no condition to state
+
+
+def test_sql_hints_name_the_values_column_and_a_cell_to_find_the_row_by():
+    cells = [["year", "2011"], ["city", "O'Neil"], ["visitors", "900"]]
+    h = tq.sql_hints(cells, "900")
+    assert (h["value_column"], h["key_column"], h["key_value"]) == ("visitors", "year", "2011")
+    assert h["row_sql"] == "`year` = '2011', `city` = 'O''Neil', `visitors` = '900'"
+    assert tq.sql_hints(cells, "2011")["key_value"] == "O''Neil"  # quoted for SQL
+    assert tq.sql_hints(cells, "Gdansk")["value_column"] == ""  # not in this row: no hint
 
 
 def info_name(db) -> str:

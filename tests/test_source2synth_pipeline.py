@@ -44,7 +44,8 @@ def run_dir(ray_local, shared_data, tmp_path_factory):
     out = tmp / "run"
     res = CliRunner().invoke(app, ["run", "source2synth", "--corpus", str(corpus), "--tables", str(tables),
                                    "--out", str(out), "--limit", "3", "--set", "llm.max_retries=0",
-                                   "--set", "source2synth.curation.max_steps=1"])
+                                   "--set", "source2synth.curation.max_steps=1", "--set", "source2synth.curation.tries=1",
+                                   "--set", "source2synth.multihop.max_seeds=2"])
     assert res.exit_code == 0, res.output
     return out
 

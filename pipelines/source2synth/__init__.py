@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -153,7 +154,9 @@ def table_qa(run: Run, cfg: RunConfig, limit: int | None) -> None:
               "source2synth_facts", check=tq.check_fact)
     llm_stage(run, cfg, "source2synth_sql", ["source2synth_facts"],
               lambda: _read(run, "source2synth_facts", "fact_id").map_batches(tq.sql_inputs, batch_format="pyarrow"),
-              "fact_id", "source2synth/sql", "source2synth_sql")
+              "fact_id", "source2synth/sql", "source2synth_sql",
+              check=partial(tq.check_sql, timeout_s=t.timeout_s, max_rows=t.max_rows,
+                            max_values=t.max_answer_values, require_seed_value=t.require_seed_value))
     with run.stage("source2synth_execute", *_fp(run, "source2synth_sql"), t.timeout_s, t.max_rows,
                    t.max_answer_values, t.require_seed_value) as rec:
         if rec is not None:

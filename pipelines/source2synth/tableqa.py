@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,8 +53,10 @@ def table_rows(infos: dict[str, TableInfo], chosen: list[str], db_path: Path, *,
             i = rng.randrange(len(info.sample))
             row = " | ".join(f"{c.header}: {v}" for c, v in zip(info.columns, info.sample[i]))
             cells = sorted({normalize(v) for r in info.sample for v in r if v.strip()})[:MAX_CELLS]
+            # the same row as SQL sees it (column names and cells), for the small SQL prompt
+            row_cells = [[c.name, v] for c, v in zip(info.columns, info.sample[i]) if v.strip()]
             out.append({"fact_id": fid, **base, "table": describe(info, describe_rows), "row_number": i + 1,
-                        "row": row, "cells": cells, "columns": ", ".join(f'"{c.name}"' for c in info.columns),
+                        "row": row, "row_cells": json.dumps(row_cells), "cells": cells, "columns": ", ".join(f'"{c.name}"' for c in info.columns),
                         **_keep()})
     return out
 
@@ -68,11 +71,31 @@ def check_fact(row: dict, reply: dict) -> str | None:
     return None
 
 
+def sql_hints(row_cells: list[list[str]], value: str) -> dict[str, str]:
+    """For the small SQL prompt: the row as SQL sees it, the column of the row that holds the
+    seed value, and another of its cells to find the row by ("" when the row lacks the value)."""
+    quote = lambda v: "'" + v.replace("'", "''") + "'"  # noqa: E731
+    hints = {"row_sql": ", ".join(f"`{c}` = {quote(v)}" for c, v in row_cells),
+             "value_column": "", "key_column": "", "key_value": ""}
+    v = normalize(value)
+    col = next((c for c, x in row_cells if normalize(x) == v), None)
+    key = next(((c, x) for c, x in row_cells if c != col and normalize(x) != v), None)
+    if col and key:
+        hints.update(value_column=col, key_column=key[0], key_value=key[1].replace("'", "''"))
+    return hints
+
+
 def sql_inputs(batch: pa.Table) -> pa.Table:
     t = _outputs(batch, "fact_json")
     replies = [json.loads(x) for x in t.column("fact_json").to_pylist()]
+    values = [r["value"].strip() for r in replies]
     t = t.append_column("fact", pa.array([r["fact"] for r in replies], pa.string()))
-    return t.append_column("value", pa.array([r["value"].strip() for r in replies], pa.string()))
+    t = t.append_column("value", pa.array(values, pa.string()))
+    cells = t.column("row_cells").to_pylist() if "row_cells" in t.column_names else [None] * len(values)
+    hints = [sql_hints(json.loads(c) if c else [], v) for c, v in zip(cells, values)]
+    for k in ("row_sql", "value_column", "key_column", "key_value"):
+        t = t.append_column(k, pa.array([h[k] for h in hints], pa.string()))
+    return t
 
 
 def contains_value(values: list[str], value: str) -> bool:
@@ -82,6 +105,42 @@ def contains_value(values: list[str], value: str) -> bool:
 
     v = normalize(value)
     return any(normalize(x) == v or soft_match(x, value, 0.0) for x in values)
+
+
+def _literals(sql: str) -> list[str]:
+    """The SQL's string and number literals (a question written from it would state them)."""
+    return [a or b for a, b in re.findall(r"'((?:[^']|'')*)'|\b(\d+(?:\.\d+)?)\b", sql)]
+
+
+def judge_sql(box: SqlSandbox, sql: str, value: str, *, max_values: int,
+              require_seed_value: bool) -> tuple[dict, tuple[str, dict] | None]:
+    """Run one SQL in the sandbox: (the answer's fields, None) or ({}, (reject reason, detail))."""
+    res = box.run(sql)
+    if not res.ok:
+        reason = res.reason if res.reason.startswith("sql_") else f"sql_{res.reason}"
+        return {}, (reason, {"sql": sql, "error": res.error, "denied": res.denied})
+    values = denotation(res)
+    if value and any(normalize(lit) == normalize(value) for lit in _literals(sql)) and \
+            normalize(value) in {normalize(x) for x in values}:
+        return {}, ("answer_in_sql", {"sql": sql, "values": values[:20], "value": value})
+    if len(values) > max_values:
+        return {}, ("too_many_values", {"sql": sql, "values": values[:20]})
+    if require_seed_value and not contains_value(values, value):
+        return {}, ("seed_value_missing", {"sql": sql, "values": values[:20], "value": value})
+    return {"values": values, "answer": ", ".join(values), "sql_seconds": round(res.elapsed_s, 4)}, None
+
+
+def check_sql(row: dict, reply: dict, *, timeout_s: float, max_rows: int, max_values: int,
+              require_seed_value: bool) -> str | None:
+    """The SQL stage's check: the query runs in the sandbox as ``execute`` will run it, so a
+    candidate that fails there is one the LLM stage can still replace (best-of, retries)."""
+    box = SqlSandbox(row["db_path"], timeout_s=timeout_s, max_rows=max_rows)
+    try:
+        _, bad = judge_sql(box, reply["sql"], row["value"].strip(), max_values=max_values,
+                           require_seed_value=require_seed_value)
+    finally:
+        box.close()
+    return None if bad is None else f"{bad[0]}: {bad[1].get('error') or bad[1].get('values')}"
 
 
 def execute(batch: pa.Table, *, timeout_s: float, max_rows: int, max_values: int,
@@ -98,22 +157,9 @@ def execute(batch: pa.Table, *, timeout_s: float, max_rows: int, max_values: int
             box = boxes.get(r["db_path"])
             if box is None:
                 box = boxes[r["db_path"]] = SqlSandbox(r["db_path"], timeout_s=timeout_s, max_rows=max_rows)
-            res = box.run(sql)
+            answer, bad = judge_sql(box, sql, r["value"], max_values=max_values, require_seed_value=require_seed_value)
             r = {**r, "sql": sql}
-            if not res.ok:
-                reason = res.reason if res.reason.startswith("sql_") else f"sql_{res.reason}"
-                out.append({**r, **_reject(reason, {"sql": sql, "error": res.error,
-                                                                  "denied": res.denied})})
-                continue
-            values = denotation(res)
-            if len(values) > max_values:
-                out.append({**r, **_reject("too_many_values", {"sql": sql, "values": values[:20]})})
-            elif require_seed_value and not contains_value(values, r["value"]):
-                out.append({**r, **_reject("seed_value_missing", {"sql": sql, "values": values[:20],
-                                                                   "value": r["value"]})})
-            else:
-                out.append({**r, "values": values, "answer": ", ".join(values),
-                            "sql_seconds": round(res.elapsed_s, 4), **_keep()})
+            out.append({**r, **_reject(*bad)} if bad else {**r, **answer, **_keep()})
     finally:
         for b in boxes.values():
             b.close()
@@ -139,8 +185,14 @@ def check_question(row: dict, reply: dict) -> str | None:
     q = reply["question"].strip()
     if not q.endswith("?"):
         return "not_a_question: the question does not end with '?'"
-    if "select " in q.lower() or " from \"" in q.lower():
-        return "sql_in_question: the question quotes the SQL"
+    if "select " in q.lower() or " from \"" in q.lower() or re.search(r"\b(sql|query|statement)\b", q, re.I):
+        return "sql_in_question: the question quotes or names the SQL"
+    said = normalize(q)
+    missing = [lit for lit in _literals(row["sql"]) if normalize(lit.replace("''", "'")) not in said]
+    if missing:  # a question that leaves out the query's condition cannot be answered from the table
+        return f"condition_missing: the question does not state {missing[0]!r} of the SQL's condition"
+    if any(normalize(v) in said for v in row.get("values") or [] if len(normalize(v)) > 2):
+        return "answer_in_question: the question states its answer"
     return None
 
 
