@@ -160,6 +160,8 @@ def test_fact_seed_rows_and_check(db):
     assert len(rows) == 2 and all(r["reject_reason"] is None for r in rows)
     assert rows == tq.table_rows(infos, list(infos), db, seed=0, seeds_per_table=2, describe_rows=3)
     r = rows[0]
+    for row in rows:  # the small prompt's seed: a cell of the drawn row, under its header
+        assert f"{row['seed_header']}: {row['seed_value']}" in row["row"] and row["seed_header"] in ("Year", "City", "Visitors")
     assert tq.check_fact(r, {"fact": "In 2011 the city was Olsztyn.", "value": "Olsztyn"}) is None
     assert tq.check_fact(r, {"fact": "The city was Krakow.", "value": "Krakow"}).startswith("value_not_in_table")
     assert tq.check_fact(r, {"fact": "A city.", "value": "Olsztyn"}).startswith("value_not_in_fact")

@@ -39,7 +39,8 @@ MAX_CELLS = 5000  # cells a fact's value is checked against (the table's first r
 def table_rows(infos: dict[str, TableInfo], chosen: list[str], db_path: Path, *, seed: int,
                seeds_per_table: int, describe_rows: int) -> list[dict]:
     """One fact-seed row per (table, draw): the table's description and a row drawn at random
-    (seeded) from its sample rows, which the fact must come from. Empty tables are rejects."""
+    (seeded) from its sample rows, which the fact must come from, and a cell of that row drawn
+    likewise (the small prompt's seed value). Empty tables are rejects."""
     out = []
     for tid in chosen:
         info = infos[tid]
@@ -55,9 +56,14 @@ def table_rows(infos: dict[str, TableInfo], chosen: list[str], db_path: Path, *,
             cells = sorted({normalize(v) for r in info.sample for v in r if v.strip()})[:MAX_CELLS]
             # the same row as SQL sees it (column names and cells), for the small SQL prompt
             row_cells = [[c.name, v] for c, v in zip(info.columns, info.sample[i]) if v.strip()]
+            # a cell of the row drawn at random (seeded): the small fact prompt's seed value
+            short = [(c.header, v.strip()) for c, v in zip(info.columns, info.sample[i])
+                     if v.strip() and len(v.strip()) <= 40 and "\n" not in v]
+            seed_header, seed_value = rng.choice(short) if short else ("", "")
             out.append({"fact_id": fid, **base, "table": describe(info, describe_rows), "row_number": i + 1,
-                        "row": row, "row_cells": json.dumps(row_cells), "cells": cells, "columns": ", ".join(f'"{c.name}"' for c in info.columns),
-                        **_keep()})
+                        "row": row, "row_cells": json.dumps(row_cells), "seed_header": seed_header,
+                        "seed_value": seed_value, "cells": cells,
+                        "columns": ", ".join(f'"{c.name}"' for c in info.columns), **_keep()})
     return out
 
 
