@@ -44,7 +44,8 @@ def run_dir(ray_local, shared_data, tmp_path_factory):
     out = tmp / "run"
     res = CliRunner().invoke(app, ["run", "source2synth", "--corpus", str(corpus), "--tables", str(tables),
                                    "--out", str(out), "--limit", "3", "--set", "llm.max_retries=0",
-                                   "--set", "source2synth.curation.max_steps=1", "--set", "source2synth.curation.tries=1",
+                                   # curation (LoRA fine-tune + k tries) on the tiny model: test_source2synth_curation.py
+                                   "--set", "source2synth.curation.enabled=false",
                                    "--set", "source2synth.multihop.max_seeds=2"])
     assert res.exit_code == 0, res.output
     return out
@@ -58,7 +59,7 @@ def test_funnel_adds_up_and_rejects_have_reasons(run_dir):
     for name in ("source2synth_ner", "source2synth_seeds", "source2synth_q1", "source2synth_q2", "source2synth_merge",
                  "source2synth_mhqa", "source2synth_tables", "source2synth_facts", "source2synth_sql",
                  "source2synth_execute", "source2synth_table_question", "source2synth_tqa", "source2synth_split",
-                 "source2synth_finetune", "source2synth_curate", "source2synth_curated"):
+                 "source2synth_curated"):
         s = stages[name]
         assert s["in"] == s["out"] + sum(s["rejected"].values()), s
         if sum(s["rejected"].values()):
@@ -75,6 +76,8 @@ def test_funnel_adds_up_and_rejects_have_reasons(run_dir):
     for r in _table(run_dir / "rejects" / "source2synth_execute"):  # failed SQL carries the SQL and the error
         assert r["reject_reason"].startswith(("sql_", "seed_value_missing", "too_many_values"))
         assert json.loads(r["reject_detail"])["sql"]
+    assert "source2synth_finetune" not in stages and "source2synth_curate" not in stages  # curation off
+    assert stages["source2synth_curated"]["out"] == stages["source2synth_split"]["out"]  # every example kept
     funnel = stages["source2synth_curated"]["funnel"]
     assert funnel["multi_hop"]["seeds"] == stages["source2synth_seeds"]["out"]
     assert (run_dir / "source2synth" / "tables.sqlite").is_file()
