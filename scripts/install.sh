@@ -8,10 +8,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # uv installs the same packages as pip, ~3x faster (27 s instead of 92 s here, cold cache);
-# pip is the fallback where uv cannot be installed. uv does not read pip.conf: the wheels folder
-# pip is pointed at (PIP_FIND_LINKS, where the CPU torch lies) is passed on.
+# pip is the fallback where uv cannot be installed. uv does not read pip's settings: the wheels
+# folder pip is pointed at (PIP_FIND_LINKS or pip.conf's find-links, where the CPU torch lies)
+# is passed on.
+LINKS=${PIP_FIND_LINKS:-$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)}
 if .venv/bin/python -m pip install -q uv 2>/dev/null && [ -x .venv/bin/uv ]; then
-  PIP=(.venv/bin/uv pip install -q --python .venv/bin/python ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"})
+  PIP=(.venv/bin/uv pip install -q --python .venv/bin/python)
+  for l in $LINKS; do PIP+=(--find-links "$l"); done
 else
   PIP=(.venv/bin/python -m pip install -q)
 fi
