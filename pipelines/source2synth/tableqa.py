@@ -80,14 +80,13 @@ def check_fact(row: dict, reply: dict) -> str | None:
 def sql_hints(row_cells: list[list[str]], value: str) -> dict[str, str]:
     """For the small SQL prompt: the row as SQL sees it, the column of the row that holds the
     seed value, and another of its cells to find the row by ("" when the row lacks the value)."""
-    quote = lambda v: "'" + v.replace("'", "''") + "'"  # noqa: E731
-    hints = {"row_sql": ", ".join(f"`{c}` = {quote(v)}" for c, v in row_cells),
+    hints = {"row_sql": ", ".join(f"`{c}` = '{_sql_escape(v)}'" for c, v in row_cells),
              "value_column": "", "key_column": "", "key_value": ""}
     v = normalize(value)
     col = next((c for c, x in row_cells if normalize(x) == v), None)
     key = next(((c, x) for c, x in row_cells if c != col and normalize(x) != v), None)
     if col and key:
-        hints.update(value_column=col, key_column=key[0], key_value=key[1].replace("'", "''"))
+        hints.update(value_column=col, key_column=key[0], key_value=_sql_escape(key[1]))
     return hints
 
 
@@ -113,9 +112,14 @@ def contains_value(values: list[str], value: str) -> bool:
     return any(normalize(x) == v or soft_match(x, value, 0.0) for x in values)
 
 
+def _sql_escape(text: str) -> str:
+    """``text`` for inside an SQL string literal ('...')."""
+    return text.replace("'", "''")
+
+
 def _literals(sql: str) -> list[str]:
-    """The SQL's string and number literals (a question written from it would state them)."""
-    return [a or b for a, b in re.findall(r"'((?:[^']|'')*)'|\b(\d+(?:\.\d+)?)\b", sql)]
+    """The SQL's string (unescaped) and number literals (a question written from it would state them)."""
+    return [a.replace("''", "'") or b for a, b in re.findall(r"'((?:[^']|'')*)'|\b(\d+(?:\.\d+)?)\b", sql)]
 
 
 def judge_sql(box: SqlSandbox, sql: str, value: str, *, max_values: int,
@@ -126,8 +130,8 @@ def judge_sql(box: SqlSandbox, sql: str, value: str, *, max_values: int,
         reason = res.reason if res.reason.startswith("sql_") else f"sql_{res.reason}"
         return {}, (reason, {"sql": sql, "error": res.error, "denied": res.denied})
     values = denotation(res)
-    if value and any(normalize(lit) == normalize(value) for lit in _literals(sql)) and \
-            normalize(value) in {normalize(x) for x in values}:
+    v = normalize(value)
+    if v and any(normalize(lit) == v for lit in _literals(sql)) and v in {normalize(x) for x in values}:
         return {}, ("answer_in_sql", {"sql": sql, "values": values[:20], "value": value})
     if len(values) > max_values:
         return {}, ("too_many_values", {"sql": sql, "values": values[:20]})
@@ -140,12 +144,9 @@ def check_sql(row: dict, reply: dict, *, timeout_s: float, max_rows: int, max_va
               require_seed_value: bool) -> str | None:
     """The SQL stage's check: the query runs in the sandbox as ``execute`` will run it, so a
     candidate that fails there is one the LLM stage can still replace (best-of, retries)."""
-    box = SqlSandbox(row["db_path"], timeout_s=timeout_s, max_rows=max_rows)
-    try:
+    with SqlSandbox(row["db_path"], timeout_s=timeout_s, max_rows=max_rows) as box:
         _, bad = judge_sql(box, reply["sql"], row["value"].strip(), max_values=max_values,
                            require_seed_value=require_seed_value)
-    finally:
-        box.close()
     return None if bad is None else f"{bad[0]}: {bad[1].get('error') or bad[1].get('values')}"
 
 
@@ -194,7 +195,7 @@ def check_question(row: dict, reply: dict) -> str | None:
     if "select " in q.lower() or " from \"" in q.lower() or re.search(r"\b(sql|query|statement)\b", q, re.I):
         return "sql_in_question: the question quotes or names the SQL"
     said = normalize(q)
-    missing = [lit for lit in _literals(row["sql"]) if normalize(lit.replace("''", "'")) not in said]
+    missing = [lit for lit in _literals(row["sql"]) if normalize(lit) not in said]
     if missing:  # a question that leaves out the query's condition cannot be answered from the table
         return f"condition_missing: the question does not state {missing[0]!r} of the SQL's condition"
     if any(normalize(v) in said for v in row.get("values") or [] if len(normalize(v)) > 2):
