@@ -13,6 +13,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("SYNTHRAG_PROGRESS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the README's `-n 2`: two test processes share 2 cores
+    # torch's OpenMP threads spin while they wait; with two processes' threads on two cores the
+    # spinning took the cores from the work (a 135M decode: 2.3 steps/s each for two processes,
+    # 10.4 alone; passive waiting: 5.3 each)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Ray starts its workers at nice 15: one test process's LLM actor starved whenever the
+    # other test process computed
+    os.environ.setdefault("RAY_worker_niceness", "0")
 # Ray Train's controller polls its workers every 2 s, so a fit ends up to 2 s after its workers
 # do; the suite runs ~10 small fits (and its local Rays inherit this environment)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -32,6 +40,25 @@ except ImportError:  # the property tests skip themselves
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+# The slowest test files first, by measured seconds (`--durations`): under the README's
+# `-n 2 --dist loadfile --no-loadscope-reorder` the two workers take files in this order, so the
+# long end-to-end files start early, beside other work, and short ones fill the end (xdist's
+# default order, most tests first, left every long file to the end). Unlisted files follow in
+# collection order.
+SLOWEST_FIRST = [
+    "test_ragsynth_pipeline.py", "test_sft_train.py", "test_source2synth_pipeline.py", "test_train_retriever.py",
+    "test_querygen.py", "test_resume.py", "test_prismrag_pipeline.py", "test_scarlet.py", "test_teacher.py",
+    "test_llm.py", "test_ingest.py", "test_submit.py", "test_prefix_cache.py", "test_vllm_batch.py",
+    "test_eval_retrieval.py", "test_gradcache.py", "test_source2synth_curation.py", "test_factuality.py",
+    "test_source2synth_eval.py", "test_embedder.py", "test_index_mining.py", "test_generate.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
 
 
 @pytest.fixture(scope="session")
