@@ -159,6 +159,7 @@ def test_cli_serves_until_sigint(ray_local):
 
     import pipelines.cli.serve  # noqa: F401  (registers the command)
     from pipelines.cli.app import app
+    from pipelines.cli.serve import ServeRunning
     from pipelines.core.config import ConfigError
 
     bad = CliRunner().invoke(app, ["serve", "teacher", "--judge", "bogus"])
@@ -167,7 +168,7 @@ def test_cli_serves_until_sigint(ray_local):
     # Serve already running on another port (another app's): a clear refusal, not a silent clash.
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     clash = CliRunner().invoke(app, ["serve", "teacher", "--port", str(free_port())])
-    assert clash.exit_code == 2 and "already runs in this cluster" in clash.output
+    assert isinstance(clash.exception, ServeRunning) and "already runs in this cluster" in str(clash.exception)
     serve.shutdown()
 
     port = free_port()

@@ -31,12 +31,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     traceback (``--verbose`` shows it). Anything else is a bug or a crash and keeps its traceback."""
     from actors.models import ModelNotFound
     from cluster.runtime import ClusterUnreachable
-    from pipelines.cli.serve import PortInUse
+    from pipelines.cli.serve import PortInUse, ServeRunning
     from pipelines.core.config import ConfigError
     from pipelines.core.run import DiskFull, RunDirError
     from training.retriever import DataError
 
-    return ConfigError, RunDirError, DiskFull, ModelNotFound, ClusterUnreachable, PortInUse, DataError, FileNotFoundError
+    return ConfigError, RunDirError, DiskFull, ModelNotFound, ClusterUnreachable, PortInUse, ServeRunning, DataError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> None:

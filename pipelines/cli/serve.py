@@ -26,6 +26,10 @@ class PortInUse(OSError):
     """Another process listens on the port Serve was asked to use."""
 
 
+class ServeRunning(RuntimeError):
+    """Ray Serve already runs in the cluster with HTTP on another host or port."""
+
+
 def check_port_free(host: str, port: int) -> None:
     """Bind ``host:port`` once and let go: taken means another program serves there (Serve
     itself would log the failure in its proxy actor and keep retrying, never telling us)."""
@@ -104,12 +108,10 @@ def serve_teacher(
     running = _get_global_client(raise_if_no_controller_running=False)
     if running is not None and (running.http_config.host, running.http_config.port) != (cfg.host, cfg.port):
         http = running.http_config
-        typer.echo(f"Ray Serve already runs in this cluster with HTTP on {http.host}:{http.port}; "
-                   f"serve the teacher there (--host {http.host} --port {http.port}) or stop Serve first",
-                   err=True)
         if not ray_was_running:
             ray.shutdown()
-        raise typer.Exit(2)
+        raise ServeRunning(f"Ray Serve already runs in this cluster with HTTP on {http.host}:{http.port}; "
+                           f"serve the teacher there (--host {http.host} --port {http.port}) or stop Serve first")
     owns_serve = running is None  # stop Serve on exit only if this command started it
     if owns_serve and not (address or os.environ.get("RAY_ADDRESS")):  # Serve will bind on this machine
         try:
