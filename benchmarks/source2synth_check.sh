@@ -3,7 +3,7 @@
 # write_inputs(..., questions=3, tables=10) of tests/test_source2synth_pipeline.py, run2 = the curated run
 # (synthrag run source2synth ... --out $T/run2 --limit 10), heldout.tsv = WTQ questions on other tables.
 set -x
-cd /work/main
+cd "$(dirname "$0")/.."
 S=.venv/bin/synthrag
 T=${T:-/tmp/s2sb}
 rm -rf $T/run3 && cp -r $T/run2 $T/run3
