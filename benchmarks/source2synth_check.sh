@@ -15,7 +15,7 @@ for v in run2:cur run3:uncur; do r=${v%%:*}; n=${v##*:}
   tail -3 $T/ft_$n.log
 done
 for m in embedded $T/ft_cur/model $T/ft_uncur/model; do n=$(basename $(dirname $m)); [ $m = embedded ] && n=base
-  time $S eval tableqa --model $m --questions $T/heldout.tsv --tables /work/shared/data/wikitablequestions/tables.jsonl \
+  time $S eval tableqa --model $m --questions $T/heldout.tsv --tables ../shared/data/wikitablequestions/tables.jsonl \
     --limit 30 --out $T/eval_$n.json > $T/eval_$n.log 2>&1
   tail -4 $T/eval_$n.log
 done
