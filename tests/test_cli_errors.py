@@ -16,12 +16,6 @@ from pipelines.core.config import ConfigError
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fail(capsys, args: list[str]) -> str:
     """Run ``synthrag ARGS``; it must exit 2 with one line on stderr and no traceback."""
     with pytest.raises(SystemExit) as exit_:
@@ -115,9 +109,12 @@ def test_an_unreachable_cluster_and_a_taken_port_are_one_line_each(capsys, tmp_p
     # ... on 8000", itself one line: below); this part is about a port another program holds
     from ray import serve
 
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    from cluster.local_head import free_ports
+
+    serve_port, teacher_port = free_ports(2)
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     capsys.readouterr()  # Serve's own start-up line
-    line = fail(capsys, ["serve", "teacher", "--port", str(free_port())])
+    line = fail(capsys, ["serve", "teacher", "--port", str(teacher_port)])
     assert "Ray Serve already runs in this cluster" in line
     serve.shutdown()
     with socket.socket() as taken:  # another program holds the port
