@@ -593,6 +593,15 @@ def parse_reply(prompt: Prompt, text: str) -> Any:
 # ----------------------------------------------------------------------------- the actor
 OUTPUT = "llm_output"  # JSON text of the parsed, validated reply
 RAW = "llm_raw"
+ROW_SCHEMA = "llm_schema"  # optional input column: a row's own JSON schema (JSON text)
+
+
+def row_prompt(prompt: Prompt, row: dict) -> Prompt:
+    """``prompt`` as ``row`` is asked it: a row with its own schema (column ``llm_schema``, JSON
+    text; e.g. one grammar per task in a stage that mixes tasks) is decoded under and validated
+    against that schema instead of the file's. Every engine goes through this."""
+    own = row.get(ROW_SCHEMA)
+    return prompt if not own else prompt.model_copy(update={"schema_": json.loads(own)})
 # what a row cost, summed over its attempts (the stage's manifest entry adds them up)
 COST_COLUMNS = ("llm_prompt_tokens", "llm_cached_tokens", "llm_generated_tokens", "llm_seconds", "llm_candidates",
                 "llm_tries")
@@ -779,18 +788,20 @@ class LLMActor:
             if not pending:
                 break
             still = []
-            for k in dict.fromkeys(key(rows[i]) for i in pending):  # one engine call per prompt
-                group = [i for i in pending if key(rows[i]) == k]
-                if k not in self.prompts:
+            which = {i: (key(rows[i]), rows[i].get(ROW_SCHEMA)) for i in pending}
+            for k in dict.fromkeys(which.values()):  # one engine call per prompt and row schema
+                group = [i for i in pending if which[i] == k]
+                if k[0] not in self.prompts:
                     for i in group:
-                        done[i] = (None, "", f"unknown_prompt: no prompt for {self.prompt_key}={k!r}",
+                        done[i] = (None, "", f"unknown_prompt: no prompt for {self.prompt_key}={k[0]!r}",
                                    attempt + 1, spent[i])
                     continue
-                res = self._attempt([rows[i] for i in group], attempt, self.prompts[k])
+                prompt = row_prompt(self.prompts[k[0]], rows[group[0]])
+                res = self._attempt([rows[i] for i in group], attempt, prompt)
                 for i, (obj, raw, err, cost) in zip(group, res):
                     spent[i] = spent[i] + cost
                     done[i] = (obj, raw, err, attempt + 1, spent[i])
-                    if err is not None and self.prompts[k].continuations is None:
+                    if err is not None and prompt.continuations is None:
                         still.append(i)  # a scoring prompt is deterministic: no retry
             pending = still
         return self._table(batch, rows, done)

@@ -34,6 +34,7 @@ from actors.llm import (
     Usage,
     _per_token,
     parse_reply,
+    row_prompt,
     row_seed,
 )
 from prompts import Prompt, Sampling
@@ -158,6 +159,7 @@ def to_request(row: dict, prompt: Prompt, cfg: LLMConfig, attempt: int = 0, seed
     candidate's seed (the ``seed`` column; by default ``seed + attempt * n + candidate``), mixed
     with the row's prompt as on every engine (:func:`~actors.llm.row_seed`). The row's own
     columns travel beside these (see :func:`vllm_map`), not in them."""
+    prompt = row_prompt(prompt, row)
     if seed is None:
         seed = candidate_seed(prompt, cfg, attempt, candidate)
     msgs = prompt.messages(row)
@@ -186,6 +188,7 @@ def from_reply(row: dict, prompt: Prompt, check: Check | None, out: dict,
     the engine's own message for a failed row (``engine_error: ...``), ``truncated`` for a reply
     that used its whole token budget, parse/schema errors, ``check_failed`` for a crashing check
     and the check's own reason."""
+    prompt = row_prompt(prompt, row)
     cost = usage(out)
     failure = out.get(ERROR) or ""
     if failure:

@@ -416,3 +416,24 @@ def test_stages_in_a_warm_scope_share_one_server_and_agree_with_a_fresh_pool(ray
     assert len(warm_pids) == 1 and warm_pids.isdisjoint(cold_pids)
     assert not pool.servers  # released with the scope
     assert llm_pool.active() is None
+
+
+def test_a_rows_own_schema_replaces_the_prompts(tiny_llm):
+    """A row with an ``llm_schema`` column is decoded under and validated against that schema
+    (one grammar per task in a stage that mixes tasks); rows without one keep the file's."""
+    llm = LLMConfig(engine="transformers", model=str(tiny_llm), max_retries=0, num_cpus=1)
+    actor = LLMActor(llm.model_dump(), "test/echo_question", "unit")
+    only = {"type": "object", "properties": {"question": {"type": "string", "enum": ["Who?", "Why not?"]}},
+            "required": ["question"]}
+    rows = actor(pa.table({"text": ["Bees make honey.", "Owls hunt at night.", "Ice melts."],
+                           "llm_schema": [json.dumps(only), None, json.dumps(only)]})).to_pylist()
+    for r in (rows[0], rows[2]):
+        assert r["reject_reason"] is None, r["reject_detail"]
+        assert json.loads(r["llm_output"])["question"] in {"Who?", "Why not?"}
+    assert rows[1]["reject_reason"] is None, rows[1]["reject_detail"]
+    assert 5 <= len(json.loads(rows[1]["llm_output"])["question"]) <= 40
+    # the row's schema is the one replies are validated against
+    p = llm_mod.row_prompt(actor.prompt, {"llm_schema": json.dumps(only)})
+    assert p.schema == only and p.id == actor.prompt.id and actor.prompt.schema != only
+    with pytest.raises(ParseError, match="schema"):
+        parse_reply(p, '{"question": "What?"}')

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+import yaml
 
 from pipelines.scarlet.attribution import (
     fit_ridge,
@@ -151,6 +152,54 @@ def test_synthetic_examples_pass_cheap_checks_first():
                          src).startswith("copied_instruction")
     assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "SUPPORTS"}, src) is None
     assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "TRUE"}, src).startswith("bad_answer")
+    # a QA input must be a question, a slot-filling input must hold [SEP] (the pool's input_pattern)
+    assert check_example(qa, {}, {"input": "The founder of Harbor Instruments", "answer": "Marta Kowalczyk"},
+                         src).startswith("bad_input_format")
+    slot = pool["slot_filling"]
+    assert check_example(slot, {}, {"input": "Harbor Instruments [SEP] founder", "answer": "Marta Kowalczyk"}, src) is None
+    assert check_example(slot, {}, {"input": "Harbor Instruments founder", "answer": "Marta Kowalczyk"},
+                         src).startswith("bad_input_format")
+
+
+def test_each_task_narrows_the_reply_schema_it_is_decoded_under():
+    """A task's rows carry their own reply schema (``llm_schema``): fixed labels as an enum, and
+    for the small model the input grammar; every shipped example fits its task's grammar."""
+    import jsonschema
+
+    import prompts
+    from actors.llm import LLMConfig
+    from pipelines.registry import RunConfig
+    from pipelines.scarlet import task_schemas
+
+    pool = load_pool()
+    base = prompts.load("scarlet/synthesize", variant="small").schema
+    for t in pool.values():
+        jsonschema.validate(t.example.model_dump(), t.reply_schema(base, grammar=True))
+    qa, fc = pool["single_hop_qa"], pool["fact_checking"]
+    assert qa.reply_schema(base, grammar=False) == base
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"input": "The founder of Harbor Instruments", "answer": "x"}, qa.reply_schema(base, grammar=True))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"input": "Pumps move water.", "answer": "true"}, fc.reply_schema(base, grammar=False))
+    # the embedded model gets the grammars, a named model only the labels
+    small = {k: json.loads(v) for k, v in task_schemas(RunConfig(), "scarlet/synthesize", pool.values()).items()}
+    big = {k: json.loads(v) for k, v in task_schemas(RunConfig(llm=LLMConfig(model="/models/any")),
+                                                      "scarlet/synthesize", pool.values()).items()}
+    assert small["single_hop_qa"]["properties"]["input"]["pattern"] == qa.input_grammar
+    assert "pattern" not in big["single_hop_qa"]["properties"]["input"]
+    assert big["fact_checking"]["properties"]["answer"]["enum"] == ["SUPPORTS", "REFUTES"]
+
+
+def test_a_task_pool_with_a_bad_input_pattern_is_refused(tmp_path):
+    task = {"name": "qa", "instruction": "i", "retrieval_instruction": "r", "input_format": "q",
+            "output_format": "a", "example": {"input": "Who?", "answer": "x"}}
+    for field, pattern, why in [("input_pattern", "(", "not a regular expression"),
+                                ("input_grammar", "[a-", "not a regular expression"),
+                                ("input_pattern", "^A:", "does not match input_pattern")]:
+        f = tmp_path / "tasks.yaml"
+        f.write_text(yaml.safe_dump([{**task, field: pattern}]))
+        with pytest.raises(PoolError, match=why):
+            load_pool(extra=f)
 
 
 def test_ranking_metrics():

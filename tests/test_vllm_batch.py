@@ -122,6 +122,14 @@ def test_request_rows_of_a_ragsynth_prompt():
     retry = vb.to_request(ROW, p, cfg, 1)["sampling_params"]
     assert (retry["temperature"], retry["seed"]) == (0.6, row_seed(12, msgs))
 
+    # a row with its own schema (llm_schema) is decoded under it and validated against it
+    own = {"type": "object", "properties": {"question": {"type": "string", "pattern": "^Why [a-z ]+[?]$"}},
+           "required": ["question"]}
+    row = {**ROW, "llm_schema": json.dumps(own)}
+    assert json.loads(vb.to_request(row, p, cfg, 0)["sampling_params"]["structured_outputs"]["json"]) == own
+    assert vb.from_reply(row, p, None, {"generated_text": '{"question": "Why not?"}', ERR: ""}, cfg)[2] is None
+    assert vb.from_reply(row, p, None, {"generated_text": '{"question": "What?"}', ERR: ""}, cfg)[2].startswith("schema")
+
 
 def test_best_of_n_candidates_and_seeds_are_those_of_the_actor():
     p = prompts.load("ragsynth/qa")

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from actors.llm import COST_COLUMNS
+import prompts as prompt_files
+from actors.llm import COST_COLUMNS, ROW_SCHEMA
 from pipelines.core.run import Run
 from pipelines.core.schema import (
     REJECT_DETAIL,
@@ -92,7 +93,8 @@ def repetitive(text: str, n: int = 4, times: int = 3) -> bool:
 
 def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None:
     """The cheap checks a synthetic (or seed) example must pass before anything else sees it:
-    the task's answer format, not the prompt's example copied, and, for free-text answers,
+    the task's answer format, no loop, not the prompt's instructions or example copied, the
+    task's input form (``input_pattern``, e.g. a question ends with "?") and, for free-text answers,
     grounded: most of the answer's content words occur in the passages it was written from."""
     if task.normalise_answer(reply["answer"]) is None:
         return f"bad_answer_format: {reply['answer'][:60]!r} is not a {task.name} answer"
@@ -103,12 +105,22 @@ def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None
         return "copied_instruction: the input repeats the prompt's instructions"
     if inp == task.example.input.strip().lower() or (not task.answer_choices and ans == task.example.answer.strip().lower()):
         return "copied_example: the example repeats the task's example"
+    if task.input_pattern and not re.search(task.input_pattern, reply["input"].strip()):
+        return f"bad_input_format: {reply['input'][:60]!r} does not match {task.name}'s input_pattern"
     if not task.answer_choices:
         words = [w for w in re.findall(r"[a-z0-9]+", ans) if len(w) > 3]
         text = source.lower()
         if words and sum(w in text for w in words) < 0.5 * len(words):
             return "answer_not_grounded: most of the answer's words are not in the passages"
     return None
+
+
+def task_schemas(cfg: RunConfig, prompt: str, tasks) -> dict[str, str]:
+    """Per task, the reply schema its rows of ``prompt`` are decoded under (the row's
+    ``llm_schema``): the file's, narrowed to the task's labels and, for the small model, its
+    input grammar (see :meth:`Task.reply_schema`)."""
+    base = prompt_files.load(prompt, search=cfg.prompt_search(), variant=cfg.llm.variant).schema
+    return {t.name: json.dumps(t.reply_schema(base, grammar=cfg.llm.small)) for t in tasks}
 
 
 def render_context(passages: list[dict]) -> str:
@@ -132,6 +144,8 @@ def seeds(run: Run, cfg: RunConfig, pool: dict[str, Task], limit: int | None) ->
     names = list(pool)
     per_chunk = names if sc.seed_tasks == "all" else None if sc.seed_tasks == "rotate" else list(sc.seed_tasks)
 
+    schemas = task_schemas(cfg, "scarlet/seed", pool.values())
+
     def rows():
         order = {c: i for i, c in enumerate(seed_chunks(run, limit, cfg.seed))}
         t = run.read_arrow("chunks", columns=["chunk_id", "text"]).to_pylist()
@@ -140,7 +154,8 @@ def seeds(run: Run, cfg: RunConfig, pool: dict[str, Task], limit: int | None) ->
         for i, r in enumerate(t):
             for name in per_chunk or [names[i % len(names)]]:
                 out.append({"seed_id": f"{r['chunk_id']}|{name}", "chunk_id": r["chunk_id"], "text": r["text"],
-                            "source": f"corpus:{r['chunk_id']}", **pool[name].prompt_fields()})
+                            "source": f"corpus:{r['chunk_id']}", **pool[name].prompt_fields(),
+                            ROW_SCHEMA: schemas[name]})
         return ray_from_arrow(pa.Table.from_pylist(out))
 
     def check(row, reply):
@@ -150,7 +165,7 @@ def seeds(run: Run, cfg: RunConfig, pool: dict[str, Task], limit: int | None) ->
         return _qa_rows(batch, ("seed_id", "task", "chunk_id", "source"), pool)
 
     llm_stage(run, cfg, "scarlet_seeds", ["quality"], rows, "seed_id", "scarlet/seed", "scarlet_seeds",
-              check=check, then=then, extra_fp=(limit, cfg.seed, sc.seed_tasks, sorted(pool), sc.tasks_file))
+              check=check, then=then, extra_fp=(limit, cfg.seed, sc.seed_tasks, [t.model_dump() for t in pool.values()], schemas, sc.tasks_file))
 
 
 # ----------------------------------------------------------------------------- entities
@@ -321,11 +336,14 @@ def synthesize(run: Run, cfg: RunConfig, tasks: list[Task]) -> None:
     sc = cfg.scarlet
     by_name = {t.name: t for t in tasks}
 
+    schemas = task_schemas(cfg, "scarlet/synthesize", tasks)
+
     def rows():
         ctxs = _rows(run, "scarlet_contexts")
         passages = _context_passages(run, ctxs, sc.max_passage_words)
         out = [{"example_id": stable_id("scarlet", x["context_id"], t.name), "context_id": x["context_id"],
-                "context": render_context(passages[x["context_id"]]), **t.prompt_fields()}
+                "context": render_context(passages[x["context_id"]]), **t.prompt_fields(),
+                ROW_SCHEMA: schemas[t.name]}
                for x in ctxs for t in tasks]
         return ray_from_arrow(pa.Table.from_pylist(out))
 
@@ -337,7 +355,7 @@ def synthesize(run: Run, cfg: RunConfig, tasks: list[Task]) -> None:
 
     llm_stage(run, cfg, "scarlet_synthesize", ["scarlet_context"], rows, "example_id", "scarlet/synthesize",
               "scarlet_synthetic", check=check, then=then,
-              extra_fp=(sc.max_passage_words, [t.model_dump() for t in tasks]))
+              extra_fp=(sc.max_passage_words, [t.model_dump() for t in tasks], schemas))
 
 
 def judge(run: Run, cfg: RunConfig, pool: dict[str, Task]) -> None:

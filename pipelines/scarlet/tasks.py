@@ -8,10 +8,11 @@ The pool is data: ``prompts/scarlet/tasks.yaml`` ships the paper's six in-domain
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import prompts
 
@@ -35,7 +36,27 @@ class Task(BaseModel):
     input_format: str = Field(min_length=1)
     output_format: str = Field(min_length=1)
     answer_choices: list[str] | None = None
+    input_pattern: str | None = None  # a regex the input must match (re.search), e.g. "\\?$" for questions
+    # a regex the small model's input is decoded under (guided decoding, llm.prompt_variant small);
+    # larger models are only checked against input_pattern
+    input_grammar: str | None = None
     example: TaskExample
+
+    @field_validator("input_pattern", "input_grammar")
+    @classmethod
+    def _regex(cls, v):
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {v!r}: {e}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _example_fits(self):
+        if self.input_pattern and not re.search(self.input_pattern, self.example.input.strip()):
+            raise ValueError(f"the example's input does not match input_pattern {self.input_pattern!r}")
+        return self
 
     @field_validator("answer_choices")
     @classmethod
@@ -48,6 +69,17 @@ class Task(BaseModel):
         return {"task": self.name, "task_instruction": self.instruction, "input_format": self.input_format,
                 "output_format": self.output_format, "example_input": self.example.input,
                 "example_answer": self.example.answer}
+
+    def reply_schema(self, schema: dict, grammar: bool) -> dict:
+        """A prompt's ``{input, answer}`` reply schema narrowed to this task: the answer one of
+        ``answer_choices`` when the task fixes labels, and, with ``grammar``, the input decoded
+        under ``input_grammar``."""
+        props = dict(schema["properties"])
+        if grammar and self.input_grammar:
+            props["input"] = {"type": "string", "pattern": self.input_grammar}
+        if self.answer_choices:
+            props["answer"] = {"type": "string", "enum": list(self.answer_choices)}
+        return {**schema, "properties": props}
 
     def normalise_answer(self, answer: str) -> str | None:
         """The answer as the task wants it, or None when it breaks the task's format."""
