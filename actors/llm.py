@@ -287,10 +287,15 @@ class TransformersEngine:
         shared = self.prefixes.find(batch, reserve=[1] * len(batch))
         P = shared.length
         cache = None
+        twin = None
         if self.prefixes.supported and self.per_row:
-            # prefill each row but its last token, unpadded; the rows then decode as one batch
-            rows = forward_rows(self.model, [s[:-1] for s in batch], shared, keep=[0] * len(batch))
-            cache, mask = merge([c for _, c in rows], [len(s) - 1 for s in batch], P, room=sampling.max_tokens + 1)
+            # prefill each distinct row but its last token, unpadded (best-of-n candidates share
+            # one prompt: prefilled once); the rows then decode as one batch
+            first: dict[tuple, int] = {}
+            twin = [first.setdefault(tuple(s), i) for i, s in enumerate(batch)]
+            uniq = sorted(set(twin))
+            rows = dict(zip(uniq, forward_rows(self.model, [batch[i][:-1] for i in uniq], shared, keep=[0] * len(uniq))))
+            cache, mask = merge([rows[t][1] for t in twin], [len(s) - 1 for s in batch], P, room=sampling.max_tokens + 1)
             width = mask.shape[1] + 1
             attention = torch.cat([mask, torch.ones(len(batch), 1, dtype=mask.dtype, device=mask.device)], 1)
         else:  # shared prefix from the cache (if any), the rest of every row left-padded after it
@@ -308,6 +313,9 @@ class TransformersEngine:
                 pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
         new = out[:, width:].tolist()
         self.last_usage = self._usage(batch, shared)
+        for i, u in enumerate(self.last_usage):
+            if twin is not None and twin[i] != i:  # a repeat of an earlier row's prompt: nothing prefilled
+                u.cached = len(batch[i]) - 1
         for u, ids in zip(self.last_usage, new):
             u.generated = next((i + 1 for i, t in enumerate(ids) if t == self.tok.eos_token_id), len(ids))
         texts = self.tok.batch_decode(new, skip_special_tokens=True)

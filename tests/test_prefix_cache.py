@@ -117,6 +117,22 @@ def test_greedy_replies_equal_with_and_without_reuse(engines, guided):
 
 
 @pytest.mark.slow
+def test_best_of_n_candidates_prefill_their_shared_prompt_once(engines):
+    """Candidates of one row (same prompt, own seeds) are prefilled once: a repeat counts its
+    whole prompt as cached, and each candidate still draws its own reply, as it would alone."""
+    from prompts import Sampling
+
+    reuse, plain = engines
+    p = prompts.load("querygen/question")
+    a, b = (p.messages({"text": t, "examples": []}) for t in PASSAGES[:2])
+    hot = Sampling(temperature=1.0, top_p=0.95, max_tokens=10)
+    seeds = [1, 2, 3, 1]
+    got = reuse.generate([a, a, b, b], hot, seeds, None, "")
+    assert [u.cached == u.prompt - 1 for u in reuse.last_usage] == [False, True, False, True]
+    assert got == [plain.generate([m], hot, [s], None, "")[0] for m, s in zip([a, a, b, b], seeds)]
+
+
+@pytest.mark.slow
 def test_scores_equal_with_and_without_reuse(engines):
     reuse, plain = engines
     p = prompts.load("teacher/relevance")
