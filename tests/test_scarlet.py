@@ -152,6 +152,8 @@ def test_synthetic_examples_pass_cheap_checks_first():
                          src).startswith("copied_instruction")
     assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "SUPPORTS"}, src) is None
     assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "TRUE"}, src).startswith("bad_answer")
+    for meta in ("What is the answer to the question?", "What does the passage say about pumps?"):
+        assert check_example(qa, {}, {"input": meta, "answer": "Marta Kowalczyk"}, src).startswith("generic_input")
     # a QA input must be a question, a slot-filling input must hold [SEP] (the pool's input_pattern)
     assert check_example(qa, {}, {"input": "The founder of Harbor Instruments", "answer": "Marta Kowalczyk"},
                          src).startswith("bad_input_format")

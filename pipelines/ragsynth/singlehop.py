@@ -23,7 +23,7 @@ from pipelines.core.schema import (
     stable_id,
     staging,
 )
-from pipelines.stages.citations import compose, content_words, support
+from pipelines.stages.citations import ABOUT_THE_EXERCISE, compose, content_words, support
 
 METHOD = "ragsynth"
 EXAMPLE_STAGING = staging(EXAMPLES)
@@ -112,9 +112,6 @@ def qa_inputs(batch: pa.Table) -> pa.Table:
 
 
 _WORD = re.compile(r"[a-z0-9]+")
-# a question about the exercise, not about the facts ("What is the answer to this question?")
-_GENERIC = re.compile(r"\b(the answer|this question|the question|the following|this fact|the fact|these facts|"
-                      r"the facts|this text|the text|this passage|the passage)\b", re.I)
 
 
 def question_problem(question: str, source: str, min_shared: int = 1, max_words: int = 40) -> str | None:
@@ -124,7 +121,7 @@ def question_problem(question: str, source: str, min_shared: int = 1, max_words:
     q = question.strip()
     if not q.endswith("?"):
         return "not_a_question: the question does not end with '?'"
-    if _GENERIC.search(q):
+    if ABOUT_THE_EXERCISE.search(q):
         return f"generic_question: it asks about the exercise, not the facts: {q[:80]!r}"
     shared = content_words(q) & content_words(source)
     if len(shared) < min_shared:

@@ -42,6 +42,7 @@ from pipelines.core.schema import (
 from pipelines.scarlet import attribution as attr
 from pipelines.scarlet.split import DegenerateUtilities, split_utilities
 from pipelines.scarlet.tasks import Task, load_pool, read_seeds
+from pipelines.stages.citations import ABOUT_THE_EXERCISE
 from pipelines.stages.index import index_run_chunks
 from pipelines.stages.quality import seed_chunks
 from pipelines.stages.stage import build_stage, llm_stage, ray_from_arrow
@@ -94,7 +95,8 @@ def repetitive(text: str, n: int = 4, times: int = 3) -> bool:
 def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None:
     """The cheap checks a synthetic (or seed) example must pass before anything else sees it:
     the task's answer format, no loop, not the prompt's instructions or example copied, the
-    task's input form (``input_pattern``, e.g. a question ends with "?") and, for free-text answers,
+    input about the exercise ("What is the answer to the question?"), the task's input form
+    (``input_pattern``, e.g. a question ends with "?") and, for free-text answers,
     grounded: most of the answer's content words occur in the passages it was written from."""
     if task.normalise_answer(reply["answer"]) is None:
         return f"bad_answer_format: {reply['answer'][:60]!r} is not a {task.name} answer"
@@ -105,6 +107,8 @@ def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None
         return "copied_instruction: the input repeats the prompt's instructions"
     if inp == task.example.input.strip().lower() or (not task.answer_choices and ans == task.example.answer.strip().lower()):
         return "copied_example: the example repeats the task's example"
+    if ABOUT_THE_EXERCISE.search(inp):
+        return f"generic_input: it is about the exercise, not the passages: {reply['input'][:60]!r}"
     if task.input_pattern and not re.search(task.input_pattern, reply["input"].strip()):
         return f"bad_input_format: {reply['input'][:60]!r} does not match {task.name}'s input_pattern"
     if not task.answer_choices:

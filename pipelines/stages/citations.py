@@ -20,6 +20,12 @@ there their they them he she his her we our you your i can could may might will 
 into about over under between also such more most other some any each all both""".split())
 
 
+# wording about the exercise, not about the facts ("What is the answer to this question?",
+# "What does the passage say?"): a small model's way out of writing a real question
+ABOUT_THE_EXERCISE = re.compile(r"\b(the answer|this question|the question|the following|this fact|the fact|these facts|"
+                                r"the facts|this text|the text|this passage|the passage|the passages|the statement)\b", re.I)
+
+
 def content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
 
