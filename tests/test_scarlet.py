@@ -152,6 +152,8 @@ def test_synthetic_examples_pass_cheap_checks_first():
                          src).startswith("copied_instruction")
     assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "SUPPORTS"}, src) is None
     assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "TRUE"}, src).startswith("bad_answer")
+    assert check_example(fc, {}, {"input": "True, refutes the claim about Gdansk.", "answer": "SUPPORTS"},
+                         src).startswith("label_in_input")
     for meta in ("What is the answer to the question?", "What does the passage say about pumps?"):
         assert check_example(qa, {}, {"input": meta, "answer": "Marta Kowalczyk"}, src).startswith("generic_input")
     # a QA input must be a question, a slot-filling input must hold [SEP] (the pool's input_pattern)

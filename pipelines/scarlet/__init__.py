@@ -95,7 +95,8 @@ def repetitive(text: str, n: int = 4, times: int = 3) -> bool:
 def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None:
     """The cheap checks a synthetic (or seed) example must pass before anything else sees it:
     the task's answer format, no loop, not the prompt's instructions or example copied, the
-    input about the exercise ("What is the answer to the question?"), the task's input form
+    input about the exercise ("What is the answer to the question?"), no verdict in a labelled
+    task's input ("True, refutes the statement."), the task's input form
     (``input_pattern``, e.g. a question ends with "?") and, for free-text answers,
     grounded: most of the answer's content words occur in the passages it was written from."""
     if task.normalise_answer(reply["answer"]) is None:
@@ -107,6 +108,8 @@ def check_example(task: Task, row: dict, reply: dict, source: str) -> str | None
         return "copied_instruction: the input repeats the prompt's instructions"
     if inp == task.example.input.strip().lower() or (not task.answer_choices and ans == task.example.answer.strip().lower()):
         return "copied_example: the example repeats the task's example"
+    if task.answer_choices and re.search(r"\b(true|false|%s)\b" % "|".join(re.escape(c.lower()) for c in task.answer_choices), inp):
+        return f"label_in_input: the input names a verdict instead of stating a claim: {reply['input'][:60]!r}"
     if ABOUT_THE_EXERCISE.search(inp):
         return f"generic_input: it is about the exercise, not the passages: {reply['input'][:60]!r}"
     if task.input_pattern and not re.search(task.input_pattern, reply["input"].strip()):
