@@ -154,7 +154,8 @@ def test_synthetic_examples_pass_cheap_checks_first():
     assert check_example(fc, {}, {"input": "Harbor Instruments is in Gdansk.", "answer": "TRUE"}, src).startswith("bad_answer")
     assert check_example(fc, {}, {"input": "True, refutes the claim about Gdansk.", "answer": "SUPPORTS"},
                          src).startswith("label_in_input")
-    for meta in ("What is the answer to the question?", "What does the passage say about pumps?"):
+    for meta in ("What is the answer to the question?", "What does the passage say about pumps?",
+                 "How to add your answer to this answer?"):
         assert check_example(qa, {}, {"input": meta, "answer": "Marta Kowalczyk"}, src).startswith("generic_input")
     # a QA input must be a question, a slot-filling input must hold [SEP] (the pool's input_pattern)
     assert check_example(qa, {}, {"input": "The founder of Harbor Instruments", "answer": "Marta Kowalczyk"},
@@ -231,7 +232,7 @@ def test_method_flags_become_config_overrides():
         method_flags("scarlet", opts, ["--nope", "1"])
 
 
-E2E = ["--set", "llm.max_retries=1", "--set", "scarlet.tasks=[single_hop_qa,fact_checking]",
+E2E = ["--set", "llm.max_retries=1", "--set", "llm.best_of=2", "--set", "scarlet.tasks=[single_hop_qa,fact_checking]",
        "--set", "scarlet.masks=12", "--set", "scarlet.context_size=4", "--set", "scarlet.per_entity=4",
        "--set", "scarlet.max_passage_words=50"]
 

@@ -22,7 +22,7 @@ into about over under between also such more most other some any each all both""
 
 # wording about the exercise, not about the facts ("What is the answer to this question?",
 # "What does the passage say?"): a small model's way out of writing a real question
-ABOUT_THE_EXERCISE = re.compile(r"\b(the answer|this question|the question|the following|this fact|the fact|these facts|"
+ABOUT_THE_EXERCISE = re.compile(r"\b((the|this|your|an|my) answers?|this question|the question|the following|this fact|the fact|these facts|"
                                 r"the facts|this text|the text|this passage|the passage|the passages|the statement)\b", re.I)
 
 
