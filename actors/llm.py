@@ -603,6 +603,10 @@ OUTPUT = "llm_output"  # JSON text of the parsed, validated reply
 RAW = "llm_raw"
 ROW_SCHEMA = "llm_schema"  # optional input column: a row's own JSON schema (JSON text)
 
+# what a row cost, summed over its attempts (the stage's manifest entry adds them up)
+COST_COLUMNS = ("llm_prompt_tokens", "llm_cached_tokens", "llm_generated_tokens", "llm_seconds", "llm_candidates",
+                "llm_tries")
+
 
 def row_prompt(prompt: Prompt, row: dict) -> Prompt:
     """``prompt`` as ``row`` is asked it: a row with its own schema (column ``llm_schema``, JSON
@@ -610,9 +614,6 @@ def row_prompt(prompt: Prompt, row: dict) -> Prompt:
     against that schema instead of the file's. Every engine goes through this."""
     own = row.get(ROW_SCHEMA)
     return prompt if not own else prompt.model_copy(update={"schema_": json.loads(own)})
-# what a row cost, summed over its attempts (the stage's manifest entry adds them up)
-COST_COLUMNS = ("llm_prompt_tokens", "llm_cached_tokens", "llm_generated_tokens", "llm_seconds", "llm_candidates",
-                "llm_tries")
 
 
 def _per_token(t: TokenScores) -> tuple:
