@@ -270,9 +270,11 @@ class TransformersEngine:
     def guided(self) -> bool:
         return self._compiler is not None
 
-    def _usage(self, seqs: list[list[int]], prefix) -> list[Usage]:
-        # a prefix computed for this batch is paid by its first row and reused by the others
-        return [Usage(prompt=len(s), cached=prefix.length if (prefix.reused or i) else 0)
+    def _usage(self, seqs: list[list[int]], prefix, twin: list[int] | None = None) -> list[Usage]:
+        # a prefix computed for this batch is paid by its first row and reused by the others; a
+        # row that repeats an earlier row's prompt (``twin[i] != i``) prefilled nothing of its own
+        return [Usage(prompt=len(s), cached=len(s) - 1 if twin is not None and twin[i] != i else
+                      prefix.length if (prefix.reused or i) else 0)
                 for i, s in enumerate(seqs)]
 
     def generate(self, messages, sampling, seeds, schema, prefix):
@@ -312,10 +314,7 @@ class TransformersEngine:
                 top_k=None, logits_processor=processors or None,
                 pad_token_id=pad, eos_token_id=self.tok.eos_token_id)
         new = out[:, width:].tolist()
-        self.last_usage = self._usage(batch, shared)
-        for i, u in enumerate(self.last_usage):
-            if twin is not None and twin[i] != i:  # a repeat of an earlier row's prompt: nothing prefilled
-                u.cached = len(batch[i]) - 1
+        self.last_usage = self._usage(batch, shared, twin)
         for u, ids in zip(self.last_usage, new):
             u.generated = next((i + 1 for i, t in enumerate(ids) if t == self.tok.eos_token_id), len(ids))
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
