@@ -115,13 +115,13 @@ def test_references_longer_than_the_window_are_cut_by_the_stated_rule():
 
 
 def test_empty_seed_answers_and_na_are_rejects():
-    assert check_seed({}, {"question": "N/A", "answer": "N/A"}).startswith("no_seed_qa")
-    assert check_seed({}, {"question": "Where?", "answer": " . "}).startswith("empty_answer")
-    assert check_seed({}, {"question": "Where was it built?", "answer": "Gdansk"}) is None
-    assert check_seed({}, {"question": "What is the current time?", "answer": "2022"}).startswith("asks_current")
-    assert check_seed({}, {"question": "What is the current current current current current?", "answer": "x"}
+    assert check_seed({"reference": "It was built in Gdansk in 1923 by Frank Herbert x"}, {"question": "N/A", "answer": "N/A"}).startswith("no_seed_qa")
+    assert check_seed({"reference": "It was built in Gdansk in 1923 by Frank Herbert x"}, {"question": "Where?", "answer": " . "}).startswith("empty_answer")
+    assert check_seed({"reference": "It was built in Gdansk in 1923 by Frank Herbert x"}, {"question": "Where was it built?", "answer": "Gdansk"}) is None
+    assert check_seed({"reference": "It was built in Gdansk in 1923 by Frank Herbert x"}, {"question": "What is the current time?", "answer": "2022"}).startswith("asks_current")
+    assert check_seed({"reference": "It was built in Gdansk in 1923 by Frank Herbert x"}, {"question": "What is the current current current current current?", "answer": "x"}
                       ).startswith("degenerate_reply")
-    assert check_seed({}, {"question": "The answer is: 1923", "answer": "1923"}).startswith("not_a_question")
+    assert check_seed({"reference": "It was built in Gdansk in 1923 by Frank Herbert x"}, {"question": "The answer is: 1923", "answer": "1923"}).startswith("not_a_question")
 
 
 def test_curve_table_and_svg():

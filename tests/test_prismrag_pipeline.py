@@ -65,8 +65,19 @@ def test_prismrag_funnel_adds_up_and_every_attempt_is_kept(run_dir):
         assert sum(map(len, kept + dropped)) == len(attempts)
         assert stages[select]["in"] == seeds["out"]
         assert set(stages[select]["rejected"]) <= {f"{task}_budget_exhausted"}
+    # the embedded model takes the small-model path: code writes and scores the distractors
+    from pipelines.prismrag.distractor import CRITIQUE_ID, SUBSTITUTE_ID
+
+    pool = stages["prismrag_entity_pool"]
+    assert pool["out"] > 0 and sum(pool["entities"].values()) == pool["out"]
+    for a in _rows(run_dir / "prismrag_distractor_round_r1"):
+        assert a["gen_prompt_id"] == SUBSTITUTE_ID
+        if a["status"] != "generation_error":
+            assert a["critique_prompt_id"] == CRITIQUE_ID and a["distractor"] != a["reference"]
+        if a["passed"]:
+            assert min(a["relevance"], a["distraction"], a["format"]) >= 4 and a["distractor_answer"] != a["answer"]
     revised = [a for a in _rows(run_dir / "prismrag_strategize_round_r2")]
-    assert all(a["mode"] == "revision" and a["gen_prompt_id"] in (None, "prismrag/revise@1") for a in revised)
+    assert all(a["mode"] == "revision" and a["gen_prompt_id"] in (None, "prismrag/revise@1+small") for a in revised)
     s = f["strategize"]["successes"]
     assert s["stochastic"] + s["revision"] == f["strategize"]["passed"]
     # the SFT export holds one record per kept example, in `train generator`'s format

@@ -27,7 +27,8 @@ def eval_factuality(
     data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
                               help="CRAG jsonl(.bz2), HotpotQA distractor jsonl, or {question, answer, references} jsonl"),
     references: str = typer.Option("5", "--references", help="references shown: N, or a sweep N,N,... (Figure 1)"),
-    judge: str = typer.Option("embedded", "--judge", help="judge model: 'embedded' or a local model directory"),
+    judge: str = typer.Option("rule", "--judge", help="who labels answers the rules leave open: 'rule' (ground-truth "
+                                                      "words in the answer), 'embedded', or a local model directory"),
     engine: str = typer.Option("transformers", "--engine", help="engine for a model directory: transformers | vllm"),
     limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N questions"),
     answer_format: str = typer.Option("json", "--answer-format",
@@ -63,7 +64,7 @@ def eval_factuality(
         typer.echo(f"[synthrag] error: no usable question in {data} ({dict(counts)})", err=True)
         raise typer.Exit(2)
     connect(address)
-    result = evaluate(items, model=_llm(model, engine), judge=_llm(judge, engine), sweep=sweep,
+    result = evaluate(items, model=_llm(model, engine), judge=None if judge == "rule" else _llm(judge, engine), sweep=sweep,
                       max_reference_words=max_reference_words, context_words=context_words, answer_format=answer_format)
     summary = {"data": str(data), "model": model, "judge": judge, "input": dict(counts), "references": sweep,
                "answer_format": answer_format, "rank": rank, "references_truncated": result["references_truncated"],

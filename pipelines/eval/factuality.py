@@ -11,8 +11,12 @@ Labels come from two places, recorded per answer (``label_source``):
 - rules first (as CRAG's own scorer): no answer, or a refusal ("I don't know", "cannot answer",
   ...) → missing; an answer equal to the ground truth or an alternative after normalisation
   (lower case, punctuation and articles removed) → accurate;
-- otherwise an LLM judge (``prompts/prismrag/factuality_judge.yaml``) compares the answer with the
-  ground truth. Its raw reply is saved; a reply outside {accurate, hallucinated, missing}, or
+- otherwise the judge. ``--judge rule`` (the default) is :func:`rule_judge`: accurate when a ground
+  truth's words appear, in order, in the answer, or the answer is at least half of a ground truth
+  (e.g. "Tulsa" for "Tulsa, Oklahoma"); hallucinated otherwise. With a model, an LLM judge
+  (``prompts/prismrag/factuality_judge.yaml``) compares the answer with the ground truth.
+  SmolLM2-135M as judge labelled every answer it saw accurate (RESULTS.md, issue 17), so the
+  embedded model is a judge only when asked for (``--judge embedded``). Its raw reply is saved; a reply outside {accurate, hallucinated, missing}, or
   none, makes the answer *unlabelled*: counted and reported, never dropped (it counts in the
   denominator of every rate, as neither accurate nor hallucinated; ``factuality_labelled`` gives
   the figure over labelled answers only).
@@ -57,6 +61,20 @@ def rule_label(prediction: str | None, answers: list[str]) -> str | None:
     if _REFUSAL.search(prediction):
         return "missing"
     return None
+
+
+def rule_judge(prediction: str, answers: list[str]) -> str:
+    """accurate / hallucinated for an answer the rules of :func:`rule_label` left open."""
+    p = normalise(prediction).split()
+    for a in answers:
+        t = normalise(a).split()
+        if not t:
+            continue
+        if any(p[i:i + len(t)] == t for i in range(len(p) - len(t) + 1)):
+            return "accurate"
+        if p and set(p) <= set(t) and len(p) * 2 >= len(t):
+            return "accurate"
+    return "hallucinated"
 
 
 def judge_label(reply: dict | None) -> str | None:
@@ -139,9 +157,10 @@ def _llm(rows: list[dict], llm: LLMConfig, prompt: str, stage: str) -> dict[str,
     return {r["key"]: r for r in ds.take_all()}
 
 
-def evaluate(items: list[dict], *, model: LLMConfig, judge: LLMConfig, sweep: list[int],
+def evaluate(items: list[dict], *, model: LLMConfig, judge: LLMConfig | None, sweep: list[int],
              max_reference_words: int = 300, context_words: int = 900, answer_format: str = "json") -> dict:
-    """Answer, label and score every item at every N of ``sweep``; returns summary + verdicts."""
+    """Answer, label and score every item at every N of ``sweep``; returns summary + verdicts.
+    ``judge`` None: :func:`rule_judge` labels what the rules leave open."""
     rows, cut = answer_rows(items, sweep, max_reference_words, context_words, answer_format)
     prompt = "prismrag/factuality_answer" if answer_format == "json" else "generic/chat"
     answered = _llm(rows, model, prompt, "eval_factuality_answer")
@@ -154,7 +173,9 @@ def evaluate(items: list[dict], *, model: LLMConfig, judge: LLMConfig, sweep: li
              "truth": row["answers"][0], "alternatives": row["answers"][1:], "prediction": pred,
              "answer_error": out.get("reject_reason"), "label": rule_label(pred, row["answers"]),
              "label_source": "rule", "judge_raw": None, "judge_error": None, "key": row["key"]}
-        if v["label"] is None:
+        if v["label"] is None and judge is None:
+            v["label"], v["label_source"] = rule_judge(pred, row["answers"]), "rule_judge"
+        elif v["label"] is None:
             v["label_source"] = "judge"
             to_judge.append({"key": row["key"], "question": row["question"], "truth": " | ".join(row["answers"]),
                              "prediction": pred})

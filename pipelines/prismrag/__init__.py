@@ -6,11 +6,14 @@ the manifest and its dropped rows in ``rejects/<stage>/``:
     chunks ──references (a chunk or a group of one document's chunks, cut to a word budget)
            ──seed_qa──▶ question + answer grounded in the golden reference          §4.1
     seeds  ──distractor_r ─▶ key facts, open question, distractor passage            §4.2 step 1
+                             (small model: code swaps the passage's entities for the corpus's)
            ──critique_r ───▶ relevance / distraction / format 1-5 + feedback         §4.2 step 2
+                             (small model: rules)
            ──round_r ──────▶ attempts; failures (with feedback) go to round r+1, ≤ 5 rounds
            ──distractor_select──▶ question + [golden, distractor] (seeded order) + answer  §4.2 step 3
     seeds  ──strategize_r ─▶ strategy → reasoning → answer (r ≤ 6 stochastic, then revision) §4.3 steps 1, 4
            ──thought_eval_r / answer_eval_r ──▶ scores 1-4 + analyses                §4.3 steps 2-3
+                             (small model: rules)
            ──round_r ──────▶ attempts; failures (with the analysis) go to round r+1, ≤ 10 rounds
            ──strategize_select──▶ first attempt with both scores 4                   §4.3 step 5
     both ──examples──▶ examples/, exports/sft_prismrag.jsonl (`synthrag train generator --data RUN`)
@@ -35,6 +38,7 @@ import pyarrow.dataset as pads
 
 from pipelines.core.groups import group_map
 from pipelines.core.run import KEEP, Run
+from pipelines.prismrag import rules
 from pipelines.core.schema import EXAMPLES, staging
 from pipelines.prismrag import distractor as dist
 from pipelines.prismrag import export as sft
@@ -79,6 +83,18 @@ def _gather(run: Run, sources: list[tuple], schema: pa.Schema):
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
+def rule_stage(run: Run, name: str, upstream: list[str], rows, fn, key: str = "seed_id", extra_fp: tuple = ()) -> None:
+    """A loop step where code stands in for an LLM (:mod:`pipelines.prismrag.rules`): ``fn`` maps
+    batches of ``rows()`` to the LLM stage's columns; same table name, funnel and rejects."""
+    def build():
+        ds = rows()
+        if not ds.count():
+            return pa.table({key: pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+        return ds.map_batches(fn, batch_format="pyarrow")
+
+    build_stage(run, name, upstream, build, name, schema=None, extra_fp=extra_fp)
+
+
 def _failing(run: Run, table: str) -> int:
     if not run.count(table):
         return 0
@@ -118,20 +134,77 @@ def seed_qa(run: Run, cfg: RunConfig, limit: int | None) -> None:
 
 
 # ----------------------------------------------------------------------------- §4.2 distractors
+def entity_pool(run: Run, cfg: RunConfig) -> None:
+    """For the ``substitute`` writer: spaCy's mentions in every seed's golden reference, and the
+    pool of the corpus's entities by label (from a seeded sample of chunks) to swap them with."""
+    import ray
+
+    from actors.ner import NER
+
+    d = cfg.prismrag.distractor
+
+    def ner(ds, column: str):
+        return ds.map_batches(NER, fn_constructor_kwargs={"text_column": column}, batch_size=256,
+                              batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                              num_cpus=1).map_batches(_with_keep, batch_format="pyarrow")
+
+    def seed_mentions():
+        if not run.count("prismrag_seeds"):
+            return pa.table({"seed_id": pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+        return ner(run.read("prismrag_seeds"), "reference")
+
+    build_stage(run, "prismrag_mentions", ["prismrag_seed_qa"], seed_mentions, "prismrag_seed_mentions", schema=None)
+    with run.stage("prismrag_entity_pool", *_fp(run, "quality"), d.pool_chunks, d.pool_per_label, cfg.seed) as rec:
+        if rec is not None:
+            wanted = set(seed_chunks(run, d.pool_chunks, cfg.seed))
+            ds = run.read("chunks", columns=["chunk_id", "text"]).filter(lambda r: r["chunk_id"] in wanted)
+            mentions = ner(ds, "text").select_columns(["mentions"]).take_all()
+            pool = rules.entity_pool([m["mentions"] for m in mentions], d.pool_per_label, cfg.seed)
+            rows = [{"label": k, "text": t, **KEEP} for k, ts in pool.items() for t in ts]
+            run.commit(rec, pa.Table.from_pylist(rows, schema=POOL), table="prismrag_entity_pool", in_count=len(rows))
+            rec.extra.update(chunks=len(mentions), entities={k: len(v) for k, v in pool.items()})
+
+
+POOL = pa.schema([("label", pa.string()), ("text", pa.string()), ("reject_reason", pa.string()),
+                  ("reject_detail", pa.string())])
+
+
+def _pool(run: Run) -> dict[str, list[str]]:
+    pool: dict[str, list[str]] = {}
+    if run.count("prismrag_entity_pool"):
+        for r in run.read_arrow("prismrag_entity_pool", columns=["label", "text"]).to_pylist():
+            pool.setdefault(r["label"], []).append(r["text"])
+    return pool
+
+
 def distractor_loop(run: Run, cfg: RunConfig) -> list[str]:
     """Generate → critique → decide, one round per attempt, over the seeds still failing."""
     d = cfg.prismrag.distractor
-    prev, rounds = "prismrag_seed_qa", []
+    substitute = d.writer == "substitute"
+    if substitute:
+        entity_pool(run, cfg)
+    prev, rounds = ("prismrag_mentions" if substitute else "prismrag_seed_qa"), []
+    first = "prismrag_seed_mentions" if substitute else "prismrag_seeds"
 
     def inputs():
-        return _read(run, "prismrag_seeds").map_batches(dist.first_round, batch_format="pyarrow")
+        return _read(run, first).map_batches(dist.first_round, batch_format="pyarrow")
 
     for r in range(1, d.max_attempts + 1):
         gen, crit, rnd = f"prismrag_distractor_r{r}", f"prismrag_critique_r{r}", f"prismrag_distractor_round_r{r}"
-        llm_stage(run, _reseeded(cfg, r), gen, [prev], inputs, "seed_id", "prismrag/distractor", gen,
-                  check=dist.check_distractor, then=dist.generated, extra_fp=(r,))
-        llm_stage(run, cfg, crit, [gen], lambda gen=gen: _read(run, gen), "seed_id", "prismrag/distractor_critique",
-                  crit, then=dist.critiqued(d.pass_score), extra_fp=(d.pass_score,))
+        if substitute:
+            kw = {"pool": _pool(run), "max_facts": d.max_key_facts, "seed": cfg.seed + 100 * r}
+            rule_stage(run, gen, [prev, "prismrag_entity_pool"], inputs,
+                       lambda b, kw=kw: dist.substituted(b, **kw), extra_fp=(r, dist.SUBSTITUTE_ID, kw["seed"],
+                                                                        d.max_key_facts))
+        else:
+            llm_stage(run, _reseeded(cfg, r), gen, [prev], inputs, "seed_id", "prismrag/distractor", gen,
+                      check=dist.check_distractor, then=dist.generated, extra_fp=(r,))
+        if d.critic == "rule":
+            rule_stage(run, crit, [gen], lambda gen=gen: _read(run, gen), dist.rule_critiqued(d.pass_score),
+                       extra_fp=(d.pass_score, dist.CRITIQUE_ID))
+        else:
+            llm_stage(run, cfg, crit, [gen], lambda gen=gen: _read(run, gen), "seed_id",
+                      "prismrag/distractor_critique", crit, then=dist.critiqued(d.pass_score), extra_fp=(d.pass_score,))
         sources = [(crit, lambda b: dist.attempts(b, "critiqued"), None),
                    (f"rejects/{crit}", lambda b: dist.attempts(b, "critique_error"), None),
                    (f"rejects/{gen}", lambda b: dist.attempts(b, "generation_error"), None)]
@@ -168,14 +241,20 @@ def strategize_loop(run: Run, cfg: RunConfig) -> list[str]:
         llm_stage(run, _reseeded(cfg, r), gen, [prev], inputs, "seed_id", prompt, gen, then=st.generated,
                   check=st.check_attempt,
                   prepare=st.for_revision if mode == "revision" else None, extra_fp=(r, mode))
-        llm_stage(run, cfg, te, [gen], lambda gen=gen: _read(run, gen), "seed_id", "prismrag/thought_eval", te,
-                  then=st.scored("thought"))
 
         def due(row, every=s.answer_eval_all):
             return st.answer_eval_due(row, s.pass_score, every)
 
-        llm_stage(run, cfg, ae, [te], lambda te=te: _read(run, te).filter(due), "seed_id", "prismrag/answer_eval",
-                  ae, then=st.scored("answer"), extra_fp=(s.pass_score, s.answer_eval_all))
+        if s.evaluator == "rule":
+            rule_stage(run, te, [gen], lambda gen=gen: _read(run, gen), st.rule_scored("thought"),
+                       extra_fp=(st.RULE_IDS["thought"],))
+            rule_stage(run, ae, [te], lambda te=te: _read(run, te).filter(due), st.rule_scored("answer"),
+                       extra_fp=(s.pass_score, s.answer_eval_all, st.RULE_IDS["answer"]))
+        else:
+            llm_stage(run, cfg, te, [gen], lambda gen=gen: _read(run, gen), "seed_id", "prismrag/thought_eval", te,
+                      then=st.scored("thought"))
+            llm_stage(run, cfg, ae, [te], lambda te=te: _read(run, te).filter(due), "seed_id", "prismrag/answer_eval",
+                      ae, then=st.scored("answer"), extra_fp=(s.pass_score, s.answer_eval_all))
         sources = [(ae, lambda b: st.attempts(b, "evaluated", s.pass_score), None),
                    (f"rejects/{ae}", lambda b: st.attempts(b, "answer_eval_error", s.pass_score), None),
                    (te, lambda b: st.attempts(b, "evaluated", s.pass_score), lambda row: not due(row)),
@@ -249,6 +328,7 @@ def _with_keep(b: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------- the method
 def prismrag(run: Run, cfg: RunConfig, *, limit: int | None) -> None:
     """The whole method: seeds, distractor loop, strategization loop, examples + SFT export."""
+    cfg = cfg.model_copy(update={"prismrag": cfg.prismrag.resolved(cfg.llm.small)})
     p = cfg.prismrag
     seed_qa(run, cfg, limit)
     dist_rounds = distractor_loop(run, cfg) if p.distractor.enabled else []

@@ -8,6 +8,8 @@ top-p 0.9, §4.3 step 4); point ``prompts_dir`` at a folder with edited copies t
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -41,6 +43,17 @@ class DistractorConfig(BaseModel):
     enabled: bool = True
     max_attempts: int = Field(5, ge=1)  # §4.2 step 3: "reaches five iterations"
     pass_score: int = Field(4, ge=1, le=5)  # §4.2 step 3: "until each sample scores 4 or higher"
+    # who writes the distractor: the LLM (§4.2 step 1), or code that swaps the golden passage's
+    # named entities, dates and numbers for others of the same label from the corpus
+    # (pipelines/prismrag/rules.py); auto: substitute for the small (embedded) model, whose
+    # LLM-written distractors were not passages (RESULTS.md, issue 17)
+    writer: Literal["auto", "llm", "substitute"] = "auto"
+    # who scores it: the LLM critic (§4.2 step 2) or rules (word overlap, facts changed, length
+    # ratio); auto: rule for the small model, whose critic scored every attempt 1/1/1
+    critic: Literal["auto", "llm", "rule"] = "auto"
+    max_key_facts: int = Field(5, ge=1)  # substitute: facts changed per distractor
+    pool_chunks: int = Field(2000, ge=1)  # substitute: chunks (seeded sample) whose entities form the pool
+    pool_per_label: int = Field(200, ge=1)  # substitute: distinct entities kept per label
 
 
 class StrategizeConfig(BaseModel):
@@ -55,6 +68,10 @@ class StrategizeConfig(BaseModel):
     # ground-truth answers": the answer evaluator runs only on attempts whose thought passed.
     # True runs it on every attempt (more signal for the report, more LLM calls).
     answer_eval_all: bool = False
+    # who evaluates thoughts and answers: the LLM (§4.3 steps 2-3) or rules (the reasoning's
+    # words found in the references; the reference answer's words in the candidate); auto: rule
+    # for the small model, whose thought evaluator scored every attempt 1
+    evaluator: Literal["auto", "llm", "rule"] = "auto"
 
 
 class ExportConfig(BaseModel):
@@ -76,6 +93,20 @@ class PrismragConfig(BaseModel):
     distractor: DistractorConfig = DistractorConfig()
     strategize: StrategizeConfig = StrategizeConfig()
     export: ExportConfig = ExportConfig()
+
+    def resolved(self, small: bool) -> "PrismragConfig":
+        """These settings with every ``auto`` decided for the model in use (``small``: the LLM
+        runs the small prompt variant)."""
+        d, s = self.distractor, self.strategize
+        pick = {"writer": ("substitute", "llm"), "critic": ("rule", "llm"), "evaluator": ("rule", "llm")}
+
+        def choose(obj, field):
+            v = getattr(obj, field)
+            return pick[field][0 if small else 1] if v == "auto" else v
+
+        return self.model_copy(update={
+            "distractor": d.model_copy(update={"writer": choose(d, "writer"), "critic": choose(d, "critic")}),
+            "strategize": s.model_copy(update={"evaluator": choose(s, "evaluator")})})
 
     @model_validator(mode="after")
     def _check(self):

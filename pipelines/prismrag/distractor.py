@@ -7,6 +7,9 @@ Round r (a stage pair, resumable like any stage):
                   ──round_r─────────────▶ one attempt row per seed: passed, or why not
     failed attempts of round r, with their distractor and feedback ──▶ round r+1's input
 
+On the small-model path (``writer: substitute``, ``critic: rule``) code stands in for either LLM
+(:mod:`pipelines.prismrag.rules`) and replies in the same JSON, so the rounds are the same.
+
 ``select`` turns every seed's attempts into a distractor-augmented example (the first passing
 attempt; the references golden + distractor in a seeded random order) or a reject
 ``distractor_budget_exhausted`` carrying every attempt's scores.
@@ -19,7 +22,9 @@ import random
 
 import pyarrow as pa
 
+from actors.ner import MENTION
 from pipelines.core.schema import EXAMPLES, stable_id, staging
+from pipelines.prismrag import rules
 from pipelines.prismrag.loops import (
     CRITIQUE_SCORES,
     best_attempt,
@@ -41,14 +46,16 @@ ATTEMPT = pa.schema([
     ("distractor_answer", pa.string()), ("reference_words", pa.int64()), ("distractor_words", pa.int64()),
     ("relevance", pa.int64()), ("distraction", pa.int64()), ("format", pa.int64()), ("feedback", pa.string()),
     ("gen_prompt_id", pa.string()), ("gen_seed", pa.int64()), ("critique_prompt_id", pa.string()),
-    ("prior_distractor", pa.string()), ("prior_feedback", pa.string()),
+    ("prior_distractor", pa.string()), ("prior_feedback", pa.string()), ("mentions", pa.list_(MENTION)),
     ("reject_reason", pa.string()), ("reject_detail", pa.string())])
+SUBSTITUTE_ID = "rule:prismrag/substitute@1"
+CRITIQUE_ID = "rule:prismrag/critique@1"
 
 
 def first_round(batch: pa.Table) -> pa.Table:
     """Seeds → round 1's input (no prior attempt)."""
-    rows = [{**{k: r.get(k) for k in SEED_COLUMNS}, "attempt": 1, "prior_distractor": None, "prior_feedback": None}
-            for r in batch.to_pylist()]
+    rows = [{**{k: r.get(k) for k in SEED_COLUMNS}, "attempt": 1, "prior_distractor": None, "prior_feedback": None,
+             "mentions": r.get("mentions")} for r in batch.to_pylist()]
     return pa.Table.from_pylist(rows, schema=_input_schema())
 
 
@@ -61,12 +68,12 @@ def next_round(batch: pa.Table) -> pa.Table:
             continue
         rows.append({**{k: r.get(k) for k in SEED_COLUMNS}, "attempt": r["attempt"] + 1,
                      "prior_distractor": r["distractor"] or r["prior_distractor"],
-                     "prior_feedback": distractor_feedback(r)})
+                     "prior_feedback": distractor_feedback(r), "mentions": r.get("mentions")})
     return pa.Table.from_pylist(rows, schema=_input_schema())
 
 
 def _input_schema() -> pa.Schema:
-    names = [*SEED_COLUMNS, "attempt", "prior_distractor", "prior_feedback"]
+    names = [*SEED_COLUMNS, "attempt", "prior_distractor", "prior_feedback", "mentions"]
     return pa.schema([ATTEMPT.field(n) for n in names])
 
 
@@ -75,6 +82,43 @@ def check_distractor(row: dict, reply: dict) -> str | None:
     if d == " ".join(row["reference"].split()).lower():
         return "distractor_copies_golden: the distractor is the golden passage unchanged"
     return None
+
+
+def _as_reply(batch: pa.Table, replies: list[dict | str], prompt_id: str, seed: int | None) -> pa.Table:
+    """Rule replies as an LLM stage's columns: ``llm_output`` (JSON), ``prompt_id``, ``seed``, or
+    a reject (a reply that is a string is the reason, ``<reason>: <detail>``)."""
+    out, reason, detail = [], [], []
+    for rep in replies:
+        if isinstance(rep, str):
+            code, _, msg = rep.partition(": ")
+            out.append(None), reason.append(code), detail.append(json.dumps({"error": msg}))
+        else:
+            out.append(json.dumps(rep, ensure_ascii=False)), reason.append(None), detail.append(None)
+    batch = batch.drop_columns([c for c in ("llm_output", "prompt_id", "seed", "reject_reason", "reject_detail")
+                                if c in batch.column_names])
+    return (batch.append_column("llm_output", pa.array(out, pa.string()))
+            .append_column("prompt_id", pa.array([prompt_id] * batch.num_rows, pa.string()))
+            .append_column("seed", pa.array([seed] * batch.num_rows, pa.int64()))
+            .append_column("reject_reason", pa.array(reason, pa.string()))
+            .append_column("reject_detail", pa.array(detail, pa.string())))
+
+
+def substituted(batch: pa.Table, pool: dict, max_facts: int, seed: int) -> pa.Table:
+    """The ``substitute`` writer over one batch of a round's input (then :func:`generated`)."""
+    replies = []
+    for r in batch.to_pylist():
+        rep = rules.substitute(r, pool, max_facts, seed)
+        replies.append(rep if rep is not None else
+                       "no_key_facts: no named entity, date or number in the passage could be changed")
+    return generated(_as_reply(batch, replies, SUBSTITUTE_ID, seed))
+
+
+def rule_critiqued(pass_score: int):
+    """The ``rule`` critic over one batch of a round's distractors (then :func:`critiqued`)."""
+    def fn(batch: pa.Table) -> pa.Table:
+        replies = [rules.critique(r) for r in batch.to_pylist()]
+        return critiqued(pass_score)(_as_reply(batch, replies, CRITIQUE_ID, None))
+    return fn
 
 
 def generated(batch: pa.Table) -> pa.Table:

@@ -7,7 +7,9 @@ text cannot support a question (Appendix 9: "reject designing QA when reference 
 readable"): that row is a reject ``no_seed_qa``; an empty question or answer is ``empty_answer``;
 a word repeated five times in a row is ``degenerate_reply``; a question without ``?`` is
 ``not_a_question``; one about the current time, date or place (App. 13.1 forbids them) is
-``asks_current_context``.
+``asks_current_context``; one about the exercise ("What is the answer to this question?") is
+``generic_question``; an answer with fewer than half of its words in the reference (§4.1: the
+answer is supported by the reference) is ``answer_not_in_reference``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import pyarrow as pa
 
 from pipelines.core.schema import stable_id
+from pipelines.stages.citations import ABOUT_THE_EXERCISE, content_words
 from pipelines.stages.truncate import truncate_words
 
 NA = {"n/a", "na", "none", "n.a.", ""}
@@ -59,8 +62,13 @@ def check_seed(row: dict, reply: dict) -> str | None:
         return "degenerate_reply: a word repeats five times in a row"
     if not q.endswith("?"):
         return "not_a_question: the question does not end with '?'"
+    if ABOUT_THE_EXERCISE.search(q):
+        return "generic_question: the question is about the exercise, not the text's facts"
     if _CURRENT.search(q):
         return "asks_current_context: the question asks for the current time, date or location (App. 13.1)"
+    said = content_words(a, min_len=1)
+    if said and len(said & content_words(row["reference"], min_len=1)) * 2 < len(said):
+        return "answer_not_in_reference: fewer than half of the answer's words are in the reference"
     return None
 
 

@@ -11,6 +11,9 @@ Round r (resumable stages):
                   ──round_r─────────────▶ one attempt row per seed
     failed attempts ──▶ round r+1's input (the previous attempt and its critique carried along)
 
+On the small-model path (``evaluator: rule``) both evaluators are code
+(:mod:`pipelines.prismrag.rules`) replying in the evaluators' JSON.
+
 ``select`` keeps the first attempt with both scores 4, or rejects the seed
 ``strategize_budget_exhausted`` with its best scores and every attempt.
 """
@@ -22,7 +25,8 @@ import json
 import pyarrow as pa
 
 from pipelines.core.schema import EXAMPLES, stable_id, staging
-from pipelines.prismrag.distractor import _error, _rename
+from pipelines.prismrag import rules
+from pipelines.prismrag.distractor import _as_reply, _error, _rename
 from pipelines.prismrag.loops import (
     best_attempt,
     first_passing,
@@ -119,6 +123,20 @@ def scored(prefix: str):
             a.append(obj.get("analysis"))
         return (batch.append_column(f"{prefix}_score", pa.array(s, pa.int64()))
                 .append_column(f"{prefix}_analysis", pa.array(a, _S)))
+    return fn
+
+
+RULE_IDS = {"thought": "rule:prismrag/thought_eval@1", "answer": "rule:prismrag/answer_eval@1"}
+
+
+def rule_scored(prefix: str):
+    """The ``rule`` evaluator (:func:`rules.thought_eval` or :func:`rules.answer_eval`) over one
+    batch, replying as the LLM evaluator would (then :func:`scored`)."""
+    judge = {"thought": rules.thought_eval, "answer": rules.answer_eval}[prefix]
+
+    def fn(batch: pa.Table) -> pa.Table:
+        out = _as_reply(batch, [judge(r) for r in batch.to_pylist()], RULE_IDS[prefix], None)
+        return scored(prefix)(out)
     return fn
 
 

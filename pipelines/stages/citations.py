@@ -26,8 +26,9 @@ ABOUT_THE_EXERCISE = re.compile(r"\b((the|this|your|an|my) answers?|this questio
                                 r"the facts|this text|the text|this passage|the passage|the passages|the statement)\b", re.I)
 
 
-def content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
+def content_words(text: str, min_len: int = 3) -> set[str]:
+    """Lower-cased words of at least ``min_len`` characters, stop words left out."""
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) >= min_len}
 
 
 def support(answer: str, cited: Sequence[str]) -> float:
