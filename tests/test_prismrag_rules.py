@@ -127,3 +127,18 @@ def test_rule_judge_accepts_the_ground_truth_inside_the_answer_or_half_of_it():
     assert rule_judge("Tinted Windows", ["Tulsa"]) == "hallucinated"
     assert rule_judge("Oklahoma City", ["Tulsa, Oklahoma"]) == "hallucinated"
     assert rule_judge("1998", ["1989", "in 1989"]) == "hallucinated"
+
+
+def test_a_name_and_its_short_form_change_together_to_a_name_of_as_many_words():
+    text = "Justin Gimelstob and Richey Reneberg were the champions, but Gimelstob did not play. Reneberg won."
+    mentions = [{"text": t, "label": "PERSON", "start": 0, "end": 0}
+                for t in ("Justin Gimelstob", "Richey Reneberg", "Gimelstob", "Reneberg")]
+    row = {"seed_id": "s", "attempt": 1, "reference": text, "question": "Who won?", "answer": "Richey Reneberg",
+           "mentions": mentions}
+    pool = {"PERSON": ["Ann Lee", "Bo Ma", "Cher", "Dee Dee Ramone"]}
+    rep = rules.substitute(row, pool, max_facts=3, seed=0)  # "Gimelstob" rides along past the limit
+    assert rep["key_facts"][0] == "Richey Reneberg" and set(rep["key_facts"]) == {m["text"] for m in mentions}
+    first, second = rep["distractor_answer"].split()
+    assert rep["distractor_answer"] in ("Ann Lee", "Bo Ma")
+    assert rep["distractor"].endswith(f"{second} won.") and "Gimelstob" not in rep["distractor"]
+    assert "Cher" not in rep["distractor"] and "Dee Dee" not in rep["distractor"]

@@ -48,7 +48,7 @@ ATTEMPT = pa.schema([
     ("gen_prompt_id", pa.string()), ("gen_seed", pa.int64()), ("critique_prompt_id", pa.string()),
     ("prior_distractor", pa.string()), ("prior_feedback", pa.string()), ("mentions", pa.list_(MENTION)),
     ("reject_reason", pa.string()), ("reject_detail", pa.string())])
-SUBSTITUTE_ID = "rule:prismrag/substitute@1"
+SUBSTITUTE_ID = "rule:prismrag/substitute@3"
 CRITIQUE_ID = "rule:prismrag/critique@1"
 
 

@@ -9,7 +9,9 @@ rule is a line in docs/FIDELITY.md#prismrag. ``auto`` settings pick them for the
 - :func:`substitute` (§4.2 step 1, writer ``substitute``): the key facts are the golden
   passage's named entities, dates and numbers (spaCy), those in the answer first; each is replaced,
   everywhere in the passage, by a different one of the same label from the corpus's entity pool
-  (a fact with digits has its numbers shifted instead, so it keeps its form). The distractor's answer is the answer
+  (a fact with digits has its numbers shifted instead, so it keeps its form); a name is replaced
+  by one of as many words, and its short forms ("Gimelstob" of "Justin Gimelstob") by the same
+  part of the replacement, so the passage stays consistent. The distractor's answer is the answer
   with the same replacements. Each attempt draws anew (its own seed).
 - :func:`critique` (§4.2 step 2, critic ``rule``): relevance = share of the passage's other
   content words the distractor keeps; distraction = share of key facts changed, and whether the
@@ -67,7 +69,17 @@ def key_facts(mentions: list[dict], answer: str, limit: int) -> list[dict]:
             facts.append(m)
     ans = words(answer)
     facts.sort(key=lambda m: not (words(m["text"]) & ans))  # stable: answer facts first
-    return facts[:limit]
+    chosen = facts[:limit]
+    # a short form of a chosen name ("Gimelstob" of "Justin Gimelstob") changes with it
+    return chosen + [m for m in facts[limit:] if any(_part_of(m["text"], c["text"]) is not None for c in chosen)]
+
+
+def _part_of(short: str, long: str) -> int | None:
+    """Where ``short``'s tokens run inside ``long``'s (a shorter, whole-token part), else None."""
+    s, t = short.split(), long.split()
+    if len(s) >= len(t):
+        return None
+    return next((i for i in range(len(t) - len(s) + 1) if t[i:i + len(s)] == s), None)
 
 
 def _shift_number(text: str, rng: random.Random) -> str | None:
@@ -95,8 +107,9 @@ def _replacement(fact: dict, pool: dict[str, list[str]], avoid: set[str], rng: r
     options = [t for t in pool.get(fact["label"], []) if normalise_name(t) not in avoid]
     if not options:
         return None
-    new = rng.choice(options)
-    return new + "'s" if fact["text"].endswith("'s") and not new.endswith("'s") else new
+    same_shape = [t for t in options if len(t.split()) == len(fact["text"].split())]  # "Ann Lee" for "Bo Ma"
+    new = rng.choice(same_shape or options)
+    return new.rstrip("'’") + "'s" if fact["text"].endswith("'s") and not new.endswith("'s") else new
 
 
 def _swap(text: str, pairs: list[tuple[str, str]]) -> str:
@@ -116,16 +129,28 @@ def substitute(row: dict, pool: dict[str, list[str]], max_facts: int, seed: int)
         return None
     rng = random.Random(f"{seed}:{row['seed_id']}:{row['attempt']}")
     avoid = {normalise_name(m["text"]) for m in row.get("mentions") or []}
-    pairs = []
-    for f in facts:
-        new = _replacement(f, pool, avoid, rng)
+    pairs: list[tuple[str, str]] = []
+    for f in sorted(facts, key=lambda m: -len(m["text"].split())):  # full names before their parts
+        new = _alias(f["text"], pairs) or _replacement(f, pool, avoid, rng)
         if new and normalise_name(new) != normalise_name(f["text"]):
             avoid.add(normalise_name(new))
             pairs.append((f["text"], new))
     if not pairs:
         return None
+    order = {m["text"]: i for i, m in enumerate(facts)}
+    pairs.sort(key=lambda p: order[p[0]])
     return {"key_facts": [o for o, _ in pairs], "open_question": row["question"],
             "distractor": _swap(row["reference"], pairs), "distractor_answer": _swap(row["answer"], pairs)}
+
+
+def _alias(short: str, pairs: list[tuple[str, str]]) -> str | None:
+    """The same part of a longer name's replacement: "Gimelstob" → "Elliott" once "Justin
+    Gimelstob" → "Stuart Elliott" (only between names of the same number of tokens)."""
+    for old, new in pairs:
+        i = _part_of(short, old)
+        if i is not None and len(new.split()) == len(old.split()):
+            return " ".join(new.split()[i:i + len(short.split())])
+    return None
 
 
 # ----------------------------------------------------------------------------- §4.2 critic
