@@ -13,7 +13,7 @@ import pytest
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 SETS = ["prismrag.distractor.max_attempts=2", "prismrag.strategize.budget=2", "prismrag.strategize.stochastic_attempts=1",
         "llm.max_retries=0", "prismrag.seed_qa.max_reference_words=120",
-        "llm.best_of=2", "llm.max_tokens=160"]  # every reply's budget: the 135M model loops to the end of a 480-token one
+        "llm.max_tokens=160"]  # every reply's budget: the 135M model loops to the end of a 480-token one
 
 
 def _rows(path: Path) -> list[dict]:
