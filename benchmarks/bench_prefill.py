@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                     help="llm.dtype for every path (auto: the checkpoint's, fp32 for the embedded model)")
     ap.add_argument("--skip-stage", action="store_true")
+    ap.add_argument("--variant", default="default", choices=["default", "small"],
+                    help="the prompt wording every path runs (small: the embedded model's default)")
     args = ap.parse_args()
 
     import prompts
@@ -95,11 +97,12 @@ def main() -> None:
                 break
     qg = QuerygenConfig(query_types=["question"])
     examples = load_examples(qg)
-    prompt = prompts.load("querygen/question")
+    variant = None if args.variant == "default" else args.variant
+    prompt = prompts.load("querygen/question", variant=variant)
     msgs = [prompt.messages({"text": d["text"], "examples": examples["question"]}) for d in docs]
     cfg = RunConfig()
     cfg.llm.dtype = args.dtype
-    cfg.llm.prompt_variant = "default"  # the prompt above, on every path (auto would pick the small variant)
+    cfg.llm.prompt_variant = args.variant  # the prompt above, on every path
     bs = cfg.llm.batch_size
     batches = [msgs[i:i + bs] for i in range(0, len(msgs), bs)]
     rows: list[tuple[str, float, int, str]] = []
