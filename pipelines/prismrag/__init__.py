@@ -47,7 +47,7 @@ from pipelines.prismrag import seed as sq
 from pipelines.prismrag import strategize as st
 from pipelines.prismrag.loops import next_round_needed, strategy_mode
 from pipelines.stages.quality import seed_chunks
-from pipelines.stages.stage import build_stage, llm_stage
+from pipelines.stages.stage import build_stage, llm_stage, no_rows
 from pipelines.stages.stage import fingerprints as _fp
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def rule_stage(run: Run, name: str, upstream: list[str], rows, fn, key: str = "s
     def build():
         ds = rows()
         if not ds.count():
-            return pa.table({key: pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+            return no_rows(key)
         return ds.map_batches(fn, batch_format="pyarrow")
 
     build_stage(run, name, upstream, build, name, schema=None, extra_fp=extra_fp)
@@ -150,7 +150,7 @@ def entity_pool(run: Run, cfg: RunConfig) -> None:
 
     def seed_mentions():
         if not run.count("prismrag_seeds"):
-            return pa.table({"seed_id": pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+            return no_rows("seed_id")
         return ner(run.read("prismrag_seeds"), "reference")
 
     build_stage(run, "prismrag_mentions", ["prismrag_seed_qa"], seed_mentions, "prismrag_seed_mentions", schema=None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import re
 
+from pipelines.eval.factuality import rule_label
 from pipelines.stages.citations import content_words
 from pipelines.stages.entities import normalise_name
 
@@ -34,8 +35,6 @@ SWAPPABLE = ("PERSON", "ORG", "GPE", "LOC", "FAC", "NORP", "EVENT", "WORK_OF_ART
              "DATE", "TIME", "CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL")
 _NUMERIC = ("DATE", "TIME", "CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL")
 _NUMBER = re.compile(r"\d+")
-_REFUSAL = re.compile(r"\b(i don'?t know|not (?:mentioned|provided|stated)|cannot (?:answer|determine)|"
-                      r"no (?:information|answer)|unknown|n/a)\b", re.I)
 
 
 def words(text: str | None) -> set[str]:
@@ -213,7 +212,7 @@ def answer_eval(row: dict) -> dict:
     """The candidate against the reference answer: 1 refusal/empty, 2 different, 3 partly, 4 the
     reference answer's content words all present (or 80% when it has five or more)."""
     cand, truth = row.get("candidate") or "", row["answer"]
-    if not cand.strip() or _REFUSAL.search(cand):
+    if rule_label(cand, [truth]) == "missing":  # eval factuality's rule: empty, or a refusal
         return {"analysis": "no answer or a refusal", "score": 1}
     want = words(truth)
     got = want & words(cand)

@@ -36,7 +36,7 @@ from pipelines.ragsynth import multihop as mh
 from pipelines.ragsynth import singlehop as sh
 from pipelines.ragsynth import variants as var
 from pipelines.stages.quality import seed_chunks
-from pipelines.stages.stage import answer_sources, build_stage, llm_stage
+from pipelines.stages.stage import answer_sources, build_stage, llm_stage, no_rows
 from pipelines.stages.stage import fingerprints as _fp
 
 if TYPE_CHECKING:
@@ -307,8 +307,7 @@ def _bridges(run: Run, cfg: RunConfig) -> tuple[pa.Table, dict]:
     if rows:
         stats["relation_clues"] = {"extracted": len(relations),
                                    "in_bridges": sum(k == "relation" for r in rows for k in r["fact_kinds"])}
-    table = pa.Table.from_pylist([{**r, **KEEP} for r in rows]) if rows else pa.table(
-        {"bridge_id": pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
+    table = pa.Table.from_pylist([{**r, **KEEP} for r in rows]) if rows else no_rows("bridge_id")
     return table, stats
 
 

@@ -42,8 +42,7 @@ def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key
             ds = ds.map_batches(prepare, batch_format="pyarrow")
         n = ds.count()
         if not n:  # nothing (left) to do: an empty table, and the rows an interrupted run wrote
-            empty = pa.table({key: pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
-            run.commit(rec, ray_from_arrow(empty), table=table)
+            run.commit(rec, ray_from_arrow(no_rows(key)), table=table)
             return
         ds = llm_map(ds, llm=cfg.llm, prompt=prompt, stage=name, check=check,
                      prompt_search=cfg.prompt_search(), prompt_key=prompt_key, rows=n,
@@ -54,6 +53,11 @@ def llm_stage(run: Run, cfg, name: str, upstream: list[str], rows: Callable, key
         if rec.extra["llm"]["candidates"] > rec.extra["llm"]["calls"]:  # best-of-n was on
             rec.extra["llm"]["tries"] = tries_histogram(run, table)
         report_recoveries(run, rec)
+
+
+def no_rows(key: str) -> pa.Table:
+    """An empty stage output: the key column and the reject columns, no rows."""
+    return pa.table({key: pa.array([], pa.string()), **{k: pa.array([], pa.string()) for k in KEEP}})
 
 
 def llm_cost(sums: dict, rows: int) -> dict:
