@@ -64,8 +64,8 @@ def eval_factuality(
         typer.echo(f"[synthrag] error: no usable question in {data} ({dict(counts)})", err=True)
         raise typer.Exit(2)
     connect(address)
-    result = evaluate(items, model=_llm(model, engine), judge=None if judge == "rule" else _llm(judge, engine), sweep=sweep,
-                      max_reference_words=max_reference_words, context_words=context_words, answer_format=answer_format)
+    result = evaluate(items, model=_llm(model, engine), judge=None if judge == "rule" else _llm(judge, engine),
+                      sweep=sweep, max_reference_words=max_reference_words, context_words=context_words, answer_format=answer_format)
     summary = {"data": str(data), "model": model, "judge": judge, "input": dict(counts), "references": sweep,
                "answer_format": answer_format, "rank": rank, "references_truncated": result["references_truncated"],
                "curve": result["curve"]}

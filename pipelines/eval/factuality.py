@@ -16,10 +16,11 @@ Labels come from two places, recorded per answer (``label_source``):
   (e.g. "Tulsa" for "Tulsa, Oklahoma"); hallucinated otherwise. With a model, an LLM judge
   (``prompts/prismrag/factuality_judge.yaml``) compares the answer with the ground truth.
   SmolLM2-135M as judge labelled every answer it saw accurate (RESULTS.md, issue 17), so the
-  embedded model is a judge only when asked for (``--judge embedded``). Its raw reply is saved; a reply outside {accurate, hallucinated, missing}, or
-  none, makes the answer *unlabelled*: counted and reported, never dropped (it counts in the
-  denominator of every rate, as neither accurate nor hallucinated; ``factuality_labelled`` gives
-  the figure over labelled answers only).
+  embedded model is a judge only when asked for (``--judge embedded``). An LLM judge's raw reply
+  is saved; a reply outside {accurate, hallucinated, missing}, or none, makes the answer
+  *unlabelled*: counted and reported, never dropped (it counts in the denominator of every rate,
+  as neither accurate nor hallucinated; ``factuality_labelled`` gives the figure over labelled
+  answers only).
 
 Context budget: every reference is cut to ``min(max_reference_words, context_words // N)``
 words by :func:`pipelines.stages.truncate.truncate_words` (leading whole sentences), so the

@@ -38,11 +38,10 @@ import pyarrow.dataset as pads
 
 from pipelines.core.groups import group_map
 from pipelines.core.run import KEEP, Run
-from pipelines.prismrag import rules
 from pipelines.core.schema import EXAMPLES, staging
 from pipelines.prismrag import distractor as dist
 from pipelines.prismrag import export as sft
-from pipelines.prismrag import funnel
+from pipelines.prismrag import funnel, rules
 from pipelines.prismrag import seed as sq
 from pipelines.prismrag import strategize as st
 from pipelines.prismrag.loops import next_round_needed, strategy_mode
@@ -183,6 +182,7 @@ def distractor_loop(run: Run, cfg: RunConfig) -> list[str]:
     substitute = d.writer == "substitute"
     if substitute:
         entity_pool(run, cfg)
+        pool = _pool(run)  # read once: every round draws from it
     prev, rounds = ("prismrag_mentions" if substitute else "prismrag_seed_qa"), []
     first = "prismrag_seed_mentions" if substitute else "prismrag_seeds"
 
@@ -192,7 +192,7 @@ def distractor_loop(run: Run, cfg: RunConfig) -> list[str]:
     for r in range(1, d.max_attempts + 1):
         gen, crit, rnd = f"prismrag_distractor_r{r}", f"prismrag_critique_r{r}", f"prismrag_distractor_round_r{r}"
         if substitute:
-            kw = {"pool": _pool(run), "max_facts": d.max_key_facts, "seed": cfg.seed + 100 * r}
+            kw = {"pool": pool, "max_facts": d.max_key_facts, "seed": cfg.seed + 100 * r}
             rule_stage(run, gen, [prev, "prismrag_entity_pool"], inputs,
                        lambda b, kw=kw: dist.substituted(b, **kw), extra_fp=(r, dist.SUBSTITUTE_ID, kw["seed"],
                                                                         d.max_key_facts))
